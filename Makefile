@@ -1,0 +1,25 @@
+# Each target makes its own virtualenv (.venv) and installs the package into it first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN ?= results/quickstart
+
+.PHONY: quickstart test install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+# Train on the built-in synthetic faces with the `cpu` preset, then evaluate the best model.
+quickstart: install
+	$(PY) train_accelerate.py --preset cpu --output-dir $(RUN)
+	$(PY) eval_accelerate.py --model $(RUN)/best_model --output-dir $(RUN)/eval
+
+test: install
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) results build *.egg-info

@@ -1,0 +1,149 @@
+"""Run configuration: one dataclass shared by the CLI, the presets and saved runs. Only this file holds defaults."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from emotion.errors import EmotionError
+
+# Supervised AffectNet-8 validation accuracy of DDAMFN (best row of the published table in DATASETS.md).
+PUBLISHED_AFFECTNET8_BEST = 64.25
+
+DATASETS = ("synthetic", "imagefolder", "affectnet", "affectnet_plus")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = field(default="synthetic", metadata={"help": f"data source: one of {', '.join(DATASETS)}"})
+    data_dir: str | None = field(default=None, metadata={"help": "root of a real data set (not needed for synthetic)"})
+    synthetic_train: int = field(default=4000, metadata={"help": "synthetic faces in the train split"})
+    synthetic_val: int = field(default=800, metadata={"help": "synthetic faces in the validation split"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where Arrow caches live (default ~/.cache/emotion)"})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
+    class_weights: str = field(default="inverse", metadata={"help": "loss class weights: inverse | effective | none"})
+    # model
+    backbone: str = field(default="efficientnet_b4", metadata={"help": "any timm model name"})
+    pretrained: bool | None = field(default=None, metadata={"help": "use pretrained backbone weights (default: yes for real data, no for synthetic)"})
+    pretrained_path: str | None = field(default=None, metadata={"help": "local backbone weights file (.safetensors/.pth) instead of the hub"})
+    image_size: int = field(default=224, metadata={"help": "input side in pixels"})
+    output_stride: int = field(default=32, metadata={"help": "backbone output stride (16 keeps a 7x7 grid at 112 px)"})
+    proj_dim: int = field(default=0, metadata={"help": "linear projection of tokens before the LSTM (0 = none)"})
+    lstm_hidden: int = field(default=512, metadata={"help": "Bi-LSTM hidden size per direction"})
+    lstm_layers: int = field(default=1, metadata={"help": "Bi-LSTM layers"})
+    dropout: float = field(default=0.3, metadata={"help": "dropout before the classifier"})
+    attention: bool = field(default=True, metadata={"help": "channel + spatial attention (off: plain tokens, for ablations)"})
+    # optimisation
+    epochs: int = field(default=30, metadata={"help": "training epochs"})
+    batch_size: int = field(default=32, metadata={"help": "batch size per process"})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    grad_accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr_patience: int = field(default=5, metadata={"help": "ReduceLROnPlateau patience (epochs without val accuracy gain)"})
+    lr_factor: float = field(default=0.5, metadata={"help": "ReduceLROnPlateau factor"})
+    seed: int = field(default=42, metadata={"help": "random seed (data order, augmentation, init)"})
+    # checkpoints and fault tolerance
+    output_dir: str | None = field(default=None, metadata={"help": "run directory (default results/<run-name>)"})
+    run_name: str | None = field(default=None, metadata={"help": "run name (default <preset>-<dataset>)"})
+    resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint directory"})
+    checkpoint_every_steps: int = field(default=0, metadata={"help": "also checkpoint every N optimizer steps (0 = per epoch only)"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "how many recent checkpoints to keep (best model kept apart)"})
+    nan_policy: str = field(default="stop", metadata={"help": "on a non-finite loss/grad: stop | skip"})
+    max_bad_steps: int = field(default=10, metadata={"help": "with --nan-policy skip: give up after this many bad steps"})
+    inject_nan_at_step: int | None = field(default=None, metadata={"help": "(testing) make the loss NaN at this optimizer step"})
+    # tracking
+    report_to: str = field(default="none", metadata={"help": "trackers: wandb | tensorboard | all | none"})
+    baseline_accuracy: float = field(default=PUBLISHED_AFFECTNET8_BEST, metadata={"help": "reference accuracy in %% logged beside ours"})
+    preset: str | None = field(default=None, metadata={"help": "tiny | cpu | b4 (explicit flags override it)"})
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or Path("results") / self.resolved_run_name())
+
+    def resolved_run_name(self) -> str:
+        return self.run_name or f"{self.preset or 'custom'}-{self.dataset}"
+
+    def use_pretrained(self) -> bool:
+        return self.dataset != "synthetic" if self.pretrained is None else self.pretrained
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(Path(path).read_text()).items() if k in known})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tests: a tiny EfficientNet on tiny images, a few steps.
+    "tiny": dict(backbone="test_efficientnet", image_size=64, output_stride=16, lstm_hidden=32, proj_dim=32,
+                 batch_size=16, epochs=1, lr=3e-3, synthetic_train=64, synthetic_val=32, num_workers=0),
+    # The synthetic default: trains and evaluates in minutes on 2 CPU cores.
+    "cpu": dict(backbone="test_efficientnet", image_size=96, output_stride=16, lstm_hidden=64, proj_dim=64,
+                batch_size=32, epochs=12, lr=3e-3, synthetic_train=4000, synthetic_val=800, num_workers=1),
+    # The full recipe for real data on a GPU.
+    "b4": dict(backbone="efficientnet_b4", image_size=224, output_stride=32, lstm_hidden=512, proj_dim=0,
+               batch_size=32, epochs=30, lr=1e-4, num_workers=8),
+}
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field; defaults stay None so presets can tell what the user set."""
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if f.type in ("bool", "bool | None"):
+            parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
+        else:
+            kind = {"int": int, "int | None": int, "float": float}.get(f.type, str)
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False,
+                        help="train the backbone from scratch (no hub download)")
+    parser.add_argument("--no-attention", dest="attention", action="store_const", const=False,
+                        help="disable channel + spatial attention")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults <- preset <- explicit flags."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    preset = given.get("preset")
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise EmotionError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update(given)
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    if config.dataset not in DATASETS:
+        raise EmotionError(f"unknown --dataset {config.dataset!r}: choose one of {', '.join(DATASETS)}")
+    if config.dataset != "synthetic" and not config.data_dir:
+        raise EmotionError(f"--dataset {config.dataset} needs --data-dir pointing at the data set's root")
+    if config.class_weights not in ("inverse", "effective", "none"):
+        raise EmotionError(f"unknown --class-weights {config.class_weights!r}: choose inverse, effective or none")
+    if config.nan_policy not in ("stop", "skip"):
+        raise EmotionError(f"unknown --nan-policy {config.nan_policy!r}: choose stop or skip")
+    if config.report_to not in ("wandb", "tensorboard", "all", "none"):
+        raise EmotionError(f"unknown --report-to {config.report_to!r}: choose wandb, tensorboard, all or none")

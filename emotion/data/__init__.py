@@ -1,0 +1,11 @@
+"""Data: one reader per source -> `datasets.DatasetDict` with 'train' and 'validation' -> transforms -> loaders.
+
+Every reader returns the same columns: `image` (datasets Image), `label` (ClassLabel over CLASS_NAMES),
+`id` (string). Knows nothing of the model: preprocessing numbers come in as arguments.
+"""
+from __future__ import annotations
+
+from emotion.data.loaders import build_dataloader, class_counts, class_weights, load_splits
+from emotion.data.transforms import build_transform
+
+__all__ = ["build_dataloader", "build_transform", "class_counts", "class_weights", "load_splits"]

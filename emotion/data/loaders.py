@@ -1,0 +1,87 @@
+"""Split loading, class statistics and DataLoaders with per-sample seeded augmentation."""
+from __future__ import annotations
+
+from typing import Callable
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from emotion.errors import EmotionError
+from emotion.labels import NUM_CLASSES
+
+
+def load_splits(config) -> datasets.DatasetDict:
+    """The 'train' and 'validation' splits of the source a TrainConfig names."""
+    if config.dataset == "synthetic":
+        from emotion.synthetic import load_synthetic
+
+        return load_synthetic(config.synthetic_train, config.synthetic_val, image_size=config.image_size,
+                              seed=config.seed, cache_dir=config.cache_dir)
+    raise EmotionError(f"--dataset {config.dataset} is not readable yet in this version: use --dataset synthetic")
+
+
+def class_counts(split: datasets.Dataset) -> np.ndarray:
+    return np.bincount(np.asarray(split["label"], dtype=np.int64), minlength=NUM_CLASSES)
+
+
+def class_weights(counts: np.ndarray, scheme: str = "inverse", beta: float = 0.999) -> np.ndarray:
+    """Loss weights from training counts, normalised to mean 1 over present classes; absent classes get 0.
+
+    inverse: n_total / n_c. effective: (1 - beta) / (1 - beta^n_c) (Cui et al. 2019). none: all ones.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    if scheme == "none":
+        return np.ones_like(counts)
+    weights = np.zeros_like(counts)
+    if scheme == "inverse":
+        weights[present] = counts.sum() / counts[present]
+    elif scheme == "effective":
+        weights[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
+    else:
+        raise EmotionError(f"unknown class-weight scheme {scheme!r}: choose inverse, effective or none")
+    return weights / weights[present].mean()
+
+
+class TransformedSplit(Dataset):
+    """A split with a transform whose randomness depends only on (seed, epoch, index).
+
+    That makes augmentation independent of worker count and of where a resumed epoch starts.
+    """
+
+    def __init__(self, split: datasets.Dataset, transform: Callable, seed: int = 0) -> None:
+        self.split = split
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.split[int(index)]
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF)
+        pixels = self.transform(row["image"])
+        torch.random.set_rng_state(generator_state)
+        return {"pixel_values": pixels, "labels": int(row["label"]), "index": int(index)}
+
+
+def build_dataloader(split: datasets.Dataset, transform: Callable, batch_size: int, train: bool,
+                     num_workers: int = 0, seed: int = 0) -> DataLoader:
+    dataset = TransformedSplit(split, transform, seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        # Own generator: creating an iterator must not consume the global RNG (exact resume).
+        generator=torch.Generator().manual_seed(seed),
+    )

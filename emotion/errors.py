@@ -1,0 +1,24 @@
+"""User-facing errors: the entry points print these as one line, without a traceback."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+
+class EmotionError(Exception):
+    """Bad input or an unusable resource; the message names the thing and what to do."""
+
+
+def cli_main(func: Callable[[], int | None]) -> Callable[[], int]:
+    """Wrap a console entry point: EmotionError -> one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return func(*args, **kwargs) or 0
+        except EmotionError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapper

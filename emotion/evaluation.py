@@ -1,0 +1,187 @@
+"""One prediction and metric path for training-time validation and `eval_accelerate.py`.
+
+Predictions are gathered with `gather_for_metrics`, so under several processes every sample counts once.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import evaluate
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emotion.labels import CLASS_NAMES, NUM_CLASSES
+from emotion.metrics import EXPRESSION_METRICS
+
+
+@dataclass
+class Predictions:
+    indices: np.ndarray  # row index of each sample in its split
+    labels: np.ndarray
+    probabilities: np.ndarray  # (N, NUM_CLASSES)
+    loss: float  # mean cross-entropy (unweighted)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
+    """Run a prepared loader through the model; `tta='hflip'` averages with the mirrored image."""
+    model.eval()
+    indices, labels, probabilities, losses = [], [], [], []
+    for batch in loader:
+        logits = model(batch["pixel_values"])
+        probs = logits.float().softmax(dim=1)
+        if tta == "hflip":
+            probs = (probs + model(batch["pixel_values"].flip(dims=[3])).float().softmax(dim=1)) / 2
+        loss = F.nll_loss(probs.clamp_min(1e-12).log(), batch["labels"], reduction="none")
+        gathered = accelerator.gather_for_metrics((batch["index"], batch["labels"], probs, loss))
+        for store, value in zip((indices, labels, probabilities, losses), gathered):
+            store.append(value.cpu())
+    if not indices:
+        empty = np.zeros(0, dtype=np.int64)
+        return Predictions(empty, empty, np.zeros((0, NUM_CLASSES)), float("nan"))
+    return Predictions(
+        indices=torch.cat(indices).numpy(),
+        labels=torch.cat(labels).numpy(),
+        probabilities=torch.cat(probabilities).numpy(),
+        loss=float(torch.cat(losses).mean()),
+    )
+
+
+def compute_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Metrics through the packaged `evaluate` module, reshaped with class names."""
+    metric = evaluate.load(str(EXPRESSION_METRICS))
+    raw = metric.compute(predictions=predicted.tolist(), references=labels.tolist(), num_classes=NUM_CLASSES)
+    per_class = {
+        name: {"precision": raw["precision"][i], "recall": raw["recall"][i], "f1": raw["f1"][i], "support": raw["support"][i]}
+        for i, name in enumerate(CLASS_NAMES)
+    }
+    return {
+        "accuracy": raw["accuracy"],
+        "balanced_accuracy": raw["balanced_accuracy"],
+        "macro_f1": raw["macro_f1"],
+        "weighted_f1": raw["weighted_f1"],
+        "per_class": per_class,
+        "confusion_matrix": raw["confusion_matrix"],
+        "num_samples": int(len(labels)),
+    }
+
+
+def write_report(report: dict[str, Any], output_dir: Path) -> None:
+    """report.json, report.md and confusion_matrix.png in `output_dir`."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / "report.md").write_text(report_markdown(report))
+    plot_confusion_matrix(np.asarray(report["confusion_matrix"]), output_dir / "confusion_matrix.png")
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Evaluation report", ""]
+    for key in ("model", "dataset", "split"):
+        if key in report:
+            lines.append(f"- {key}: `{report[key]}`")
+    lines += [
+        f"- samples: {report['num_samples']}", "",
+        "| metric | value |", "|---|---|",
+        *(f"| {key} | {100 * report[key]:.2f}% |" for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")),
+        "", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+    ]
+    for name, row in report["per_class"].items():
+        lines.append(f"| {name} | {100 * row['precision']:.1f}% | {100 * row['recall']:.1f}% | {100 * row['f1']:.1f}% | {row['support']} |")
+    lines += ["", "## Confusion matrix (rows = true class, columns = predicted)", "",
+              "| true \\ pred | " + " | ".join(CLASS_NAMES) + " |", "|---" * (NUM_CLASSES + 1) + "|"]
+    for name, row in zip(CLASS_NAMES, report["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion_matrix(matrix: np.ndarray, path: Path) -> None:
+    """Counts and row-normalised recall side by side, class names on both axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+    for ax, values, title, fmt in ((axes[0], matrix, "Counts", "d"), (axes[1], normalised, "Row-normalised (recall)", ".2f")):
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=values.max() if values.max() > 0 else 1)
+        ax.set_title(title)
+        ax.set_xticks(range(NUM_CLASSES), CLASS_NAMES, rotation=45, ha="right")
+        ax.set_yticks(range(NUM_CLASSES), CLASS_NAMES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        threshold = values.max() / 2 if values.max() > 0 else 0.5
+        for i in range(NUM_CLASSES):
+            for j in range(NUM_CLASSES):
+                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
+                        color="white" if values[i, j] > threshold else "black")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_predictions_csv(predictions: Predictions, ids: list[str], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "true", "predicted", *(f"p_{name}" for name in CLASS_NAMES)])
+        for sample_id, true, pred, probs in zip(ids, predictions.labels, predictions.predicted, predictions.probabilities):
+            writer.writerow([sample_id, CLASS_NAMES[true], CLASS_NAMES[pred], *(f"{p:.6f}" for p in probs)])
+
+
+def run_config_for(model_dir: Path):
+    """The training run's config when the model sits in a run folder (best_model/ beside config.json)."""
+    from emotion.config import TrainConfig
+
+    run_config = model_dir.parent / "config.json"
+    return TrainConfig.load(run_config) if run_config.is_file() else TrainConfig()
+
+
+def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: str | None = None, split: str = "validation",
+                         output_dir: Path | None = None, batch_size: int = 64, num_workers: int | None = None,
+                         tta: str | None = None, save_predictions: bool = False) -> dict[str, Any]:
+    """Evaluate a saved model on a split of its data set (or another) and write the report files."""
+    from accelerate import Accelerator
+
+    from emotion.config import validate
+    from emotion.data import build_dataloader, build_transform, load_splits
+    from emotion.model import load_model
+
+    model = load_model(model_dir)
+    config = run_config_for(model_dir)
+    if dataset is not None and dataset != config.dataset:
+        config.dataset, config.data_dir = dataset, data_dir
+    elif data_dir is not None:
+        config.data_dir = data_dir
+    config.image_size = model.image_size
+    validate(config)
+    accelerator = Accelerator()
+    with accelerator.main_process_first():
+        splits = load_splits(config)
+    data = splits[split]
+    loader = build_dataloader(data, build_transform(model.image_size, model.mean, model.std, train=False), batch_size,
+                              train=False, num_workers=config.num_workers if num_workers is None else num_workers)
+    model, loader = accelerator.prepare(model, loader)
+    predictions = predict(model, loader, accelerator, tta=tta)
+    report = compute_metrics(predictions.labels, predictions.predicted)
+    report.update(model=str(model_dir), dataset=config.dataset, data_dir=config.data_dir, split=split, tta=tta or "none",
+                  loss=predictions.loss)
+    output_dir = output_dir or model_dir.parent / "eval"
+    if accelerator.is_main_process:
+        write_report(report, output_dir)
+        if save_predictions:
+            ids = data["id"] if "id" in data.column_names else [str(i) for i in range(len(data))]
+            write_predictions_csv(predictions, [ids[i] for i in predictions.indices], output_dir / "predictions.csv")
+        accelerator.print(report_markdown(report))
+        accelerator.print(f"report written to {output_dir}")
+    return report

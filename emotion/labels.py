@@ -1,0 +1,28 @@
+"""The 8 expression classes in AffectNet order: the one source of truth for class ids and names."""
+from __future__ import annotations
+
+CLASS_NAMES: tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+NUM_CLASSES = len(CLASS_NAMES)
+CLASS_TO_ID: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
+
+# Spellings used by public data sets (FER2013, RAF-DB, CK+, ExpW, AffectNet exports).
+ALIASES: dict[str, str] = {
+    "neutrality": "neutral", "calm": "neutral",
+    "happiness": "happy", "happy": "happy", "joy": "happy",
+    "sadness": "sad", "sad": "sad",
+    "surprised": "surprise", "surprise": "surprise",
+    "fearful": "fear", "afraid": "fear", "scared": "fear",
+    "disgusted": "disgust", "disgust": "disgust",
+    "angry": "anger", "anger": "anger", "mad": "anger",
+    "contemptuous": "contempt", "contempt": "contempt",
+}
+
+# Facial regions the explanation speaks about, top of the face to the bottom.
+FACE_REGIONS: tuple[str, ...] = ("brows", "eyes", "nose", "cheeks", "mouth", "jaw")
+
+
+def canonical_label(name: str) -> int | None:
+    """Map a class name or alias (any case, '_'/'-'/' ' ignored) to its AffectNet id, or None."""
+    key = name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    key = ALIASES.get(key, key)
+    return CLASS_TO_ID.get(key)

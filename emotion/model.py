@@ -1,0 +1,155 @@
+"""Backbone -> channel attention (what) -> spatial attention (where) -> cell tokens -> Bi-LSTM -> classifier.
+
+Knows nothing of data, training or Accelerate. Weights are saved as `model.safetensors` + `config.json`
+through huggingface_hub's PyTorchModelHubMixin, so a saved model is rebuilt by name, never unpickled.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import timm
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from emotion.errors import EmotionError
+from emotion.labels import CLASS_NAMES
+
+
+class ChannelAttention(nn.Module):
+    """CBAM-style 'what': a gate per channel from average- and max-pooled descriptors."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 8)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3))))
+        return x * gate[:, :, None, None]
+
+
+class SpatialAttention(nn.Module):
+    """'Where': one weight per cell, a softmax over the H x W grid (the map sums to 1)."""
+
+    def __init__(self, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = x.shape
+        descriptor = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        attention = torch.softmax(self.conv(descriptor).flatten(1), dim=1).view(b, 1, h, w)
+        # Scale by the cell count so uniform attention leaves the features unchanged.
+        return x * attention * (h * w), attention[:, 0]
+
+
+class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=["facial-expression-recognition", "affectnet"]):
+    """Facial-expression classifier over the 8 AffectNet classes.
+
+    Pooling choice: the Bi-LSTM outputs are averaged over the cell tokens. The spatial attention already
+    gates each token before the LSTM, so the average is an attention-weighted summary of the face; the
+    mean keeps every direction of the LSTM's context (a last-state readout would favour the grid's ends).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_b4",
+        num_classes: int = len(CLASS_NAMES),
+        class_names: Sequence[str] = CLASS_NAMES,
+        image_size: int = 224,
+        output_stride: int = 32,
+        proj_dim: int = 0,
+        lstm_hidden: int = 512,
+        lstm_layers: int = 1,
+        dropout: float = 0.3,
+        attention: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        backbone_kwargs = {"output_stride": output_stride} if output_stride != 32 else {}
+        try:
+            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="", **backbone_kwargs)
+        except (RuntimeError, TypeError) as err:  # unknown name, or an option (output_stride) it lacks
+            raise EmotionError(f"timm cannot build backbone {backbone!r} with output_stride={output_stride}: {err}") from None
+        data_config = self.backbone.pretrained_cfg
+        # Preprocessing travels in config.json so the demo normalises exactly as training did.
+        self.config = dict(
+            backbone=backbone, num_classes=num_classes, class_names=list(class_names), image_size=image_size,
+            output_stride=output_stride, proj_dim=proj_dim, lstm_hidden=lstm_hidden, lstm_layers=lstm_layers,
+            dropout=dropout, attention=attention,
+            mean=list(mean or data_config.get("mean", (0.485, 0.456, 0.406))),
+            std=list(std or data_config.get("std", (0.229, 0.224, 0.225))),
+        )
+        channels = self.backbone.num_features
+        self.channel_attention = ChannelAttention(channels) if attention else nn.Identity()
+        self.spatial_attention = SpatialAttention() if attention else None
+        self.proj = nn.Linear(channels, proj_dim) if proj_dim else nn.Identity()
+        self.lstm = nn.LSTM(proj_dim or channels, lstm_hidden, num_layers=lstm_layers, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * lstm_hidden, num_classes)
+
+    @property
+    def mean(self) -> list[float]:
+        return self.config["mean"]
+
+    @property
+    def std(self) -> list[float]:
+        return self.config["std"]
+
+    @property
+    def image_size(self) -> int:
+        return self.config["image_size"]
+
+    def load_backbone_weights(self, path: str | None = None) -> None:
+        """Pretrained backbone weights from the hub, or from a local file when `path` is given."""
+        name = self.config["backbone"]
+        overlay = {"file": str(path)} if path else None
+        kwargs = {"output_stride": self.config["output_stride"]} if self.config["output_stride"] != 32 else {}
+        try:
+            source = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, global_pool="", **kwargs)
+        except Exception as err:  # hub unreachable, missing or mismatched file: all end the same way for the user
+            where = f"file {path}" if path else "the Hugging Face hub"
+            raise EmotionError(
+                f"could not load pretrained weights for {name!r} from {where} ({type(err).__name__}): "
+                "train from scratch with --no-pretrained, or give local weights with --pretrained-path FILE"
+            ) from None
+        self.backbone.load_state_dict(source.state_dict())
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        features = self.backbone.forward_features(x)  # (B, C, H, W)
+        features = self.channel_attention(features)
+        b, _, h, w = features.shape
+        if self.spatial_attention is not None:
+            features, attention = self.spatial_attention(features)
+        else:
+            attention = features.new_full((b, h, w), 1.0 / (h * w))
+        tokens = self.proj(features.flatten(2).transpose(1, 2))  # (B, H*W, D), row-major cells
+        self.lstm.flatten_parameters()  # one contiguous weight chunk (DDP / cuDNN)
+        sequence, _ = self.lstm(tokens)
+        logits = self.head(self.dropout(sequence.mean(dim=1)))
+        return (logits, attention) if return_attention else logits
+
+
+def build_model(config) -> EmotionNet:
+    """The model a TrainConfig describes, with pretrained backbone weights when the config asks for them."""
+    model = EmotionNet(
+        backbone=config.backbone, image_size=config.image_size, output_stride=config.output_stride,
+        proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden, lstm_layers=config.lstm_layers,
+        dropout=config.dropout, attention=config.attention,
+    )
+    if config.use_pretrained() or config.pretrained_path:
+        model.load_backbone_weights(config.pretrained_path)
+    return model
+
+
+def load_model(path) -> EmotionNet:
+    """A saved model directory (config.json + model.safetensors), with a one-line error when it is not one."""
+    from pathlib import Path
+
+    directory = Path(path)
+    if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
+        raise EmotionError(f"{directory} is not a saved model (needs config.json and model.safetensors): "
+                           "train one with `python train_accelerate.py` and pass its best_model/ directory")
+    return EmotionNet.from_pretrained(str(directory))

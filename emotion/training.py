@@ -1,0 +1,280 @@
+"""The Accelerate training loop: one readable loop, every Accelerate feature visible.
+
+Exact resume: every micro-batch reseeds the RNG from (seed, epoch, batch, rank), augmentation is seeded per
+sample, the sampler per epoch, and checkpoints are taken at optimizer-step boundaries, so a run killed at any
+point and resumed from its latest checkpoint ends with the same weights as one that was never stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from emotion import checkpoint, tracking
+from emotion.config import TrainConfig
+from emotion.data import build_dataloader, build_transform, class_counts, class_weights, load_splits
+from emotion.errors import EmotionError
+from emotion.evaluation import compute_metrics, predict
+from emotion.labels import CLASS_NAMES
+from emotion.model import build_model
+
+# Keys that define a run: resuming with any of them changed would silently train a different model.
+RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "image_size", "output_stride",
+                     "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps", "seed")
+NAN_EXIT_CODE = 3
+
+
+class TrainingDiverged(EmotionError):
+    """A non-finite loss or gradient norm stopped the run."""
+
+
+def build_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
+    log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(config.report_to, [config.report_to])
+    return Accelerator(
+        gradient_accumulation_steps=config.grad_accum_steps,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+    )
+
+
+def resume_command(config: TrainConfig) -> str:
+    """The command line that continues this run (the current one with --resume latest)."""
+    argv = list(sys.argv)
+    for i, arg in enumerate(argv):
+        if arg == "--resume" and i + 1 < len(argv):
+            del argv[i:i + 2]
+            break
+        if arg.startswith("--resume="):
+            del argv[i]
+            break
+    if "--output-dir" not in argv and not any(a.startswith("--output-dir=") for a in argv):
+        argv += ["--output-dir", str(config.resolved_output_dir())]
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *argv, "--resume", "latest"])
+
+
+def check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    changed = [k for k in RUN_DEFINING_KEYS if k in saved and saved[k] != getattr(config, k)]
+    if changed:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in changed)
+        raise EmotionError(f"checkpoint {path} belongs to a different run ({detail}): use its settings or a new --output-dir")
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train, validate each epoch, checkpoint, keep the best model. Returns the final summary."""
+    output_dir = config.resolved_output_dir()
+    accelerator = build_accelerator(config, output_dir)
+    set_seed(config.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config.save(output_dir / "config.json")
+
+    # Data: the main process builds the Arrow cache first, the others reuse it.
+    with accelerator.main_process_first():
+        splits = load_splits(config)
+    model = build_model(config)
+    train_loader = build_dataloader(splits["train"], build_transform(config.image_size, model.mean, model.std, train=True),
+                                    config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
+    val_loader = build_dataloader(splits["validation"], build_transform(config.image_size, model.mean, model.std, train=False),
+                                  config.batch_size, train=False, num_workers=config.num_workers, seed=config.seed)
+    counts = class_counts(splits["train"])
+    weights = class_weights(counts, config.class_weights)
+    accelerator.print("train counts: " + ", ".join(f"{n}={c}" for n, c in zip(CLASS_NAMES, counts)))
+    accelerator.print(f"class weights ({config.class_weights}): " + ", ".join(f"{n}={w:.3f}" for n, w in zip(CLASS_NAMES, weights)))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # Not prepared: a prepared plateau scheduler would step once per process.
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    accelerator.register_for_checkpointing(scheduler)
+    criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=accelerator.device),
+                                          label_smoothing=config.label_smoothing)
+
+    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_complete": False,
+                             "best_accuracy": -1.0, "bad_steps": 0, "history": [], "run_id": uuid.uuid4().hex[:8],
+                             "config": config.to_dict()}
+    resumed_from = None
+    if config.resume:
+        found = checkpoint.resume(accelerator, output_dir, config.resume)
+        if found is None:
+            accelerator.print(f"no complete checkpoint in {output_dir}: starting from scratch")
+        else:
+            state, resumed_from = found
+            check_same_run(state["config"], config, resumed_from)
+            state["config"] = config.to_dict()
+            accelerator.print(f"resumed from {resumed_from} (epoch {state['epoch'] + 1}, optimizer step {state['global_step']})")
+
+    tracking.start(accelerator, config, run_id=state["run_id"], output_dir=output_dir)
+    stop = checkpoint.StopRequest().install()
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
+    first_epoch = state["epoch"] + 1 if state["epoch_complete"] else state["epoch"]
+    predictions = None
+    try:
+        for epoch in range(first_epoch, config.epochs):
+            skip_steps = state["step_in_epoch"] if (epoch == state["epoch"] and not state["epoch_complete"]) else 0
+            state.update(epoch=epoch, step_in_epoch=skip_steps, epoch_complete=False)
+            train_loss, images, seconds = train_one_epoch(accelerator, model, optimizer, criterion, train_loader, config,
+                                                          state, stop, skip_steps, steps_per_epoch, output_dir, resumed_from)
+            predictions = predict(model, val_loader, accelerator)
+            metrics = compute_metrics(predictions.labels, predictions.predicted)
+            scheduler.step(metrics["accuracy"])
+            record = {
+                "epoch": epoch + 1, "global_step": state["global_step"], "train_loss": train_loss,
+                "val_loss": predictions.loss, "val_accuracy": metrics["accuracy"],
+                "val_balanced_accuracy": metrics["balanced_accuracy"], "val_macro_f1": metrics["macro_f1"],
+                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+                "train_images_per_second": images / seconds if seconds > 0 else 0.0,
+            }
+            state["history"].append(record)
+            tracking.log_epoch(accelerator, record, metrics, config)
+            accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train_loss {train_loss:.4f} val_loss {predictions.loss:.4f} "
+                              f"val_acc {100 * metrics['accuracy']:.2f}% bal_acc {100 * metrics['balanced_accuracy']:.2f}% "
+                              f"({record['train_images_per_second']:.0f} img/s)")
+            if metrics["accuracy"] > state["best_accuracy"]:
+                state["best_accuracy"] = metrics["accuracy"]
+                save_best_model(accelerator, model, output_dir, config, record, metrics)
+            state.update(step_in_epoch=steps_per_epoch, epoch_complete=True)
+            write_metrics(accelerator, output_dir, state["history"])
+            checkpoint.save_checkpoint(accelerator, output_dir, f"epoch_{epoch + 1}", state)
+            if accelerator.is_main_process:
+                checkpoint.prune_checkpoints(output_dir, config.keep_checkpoints, protect=resumed_from)
+        if predictions is not None:
+            tracking.log_final(accelerator, predictions)
+    except Interrupted as interrupt:
+        checkpoint.save_checkpoint(accelerator, output_dir, checkpoint.INTERRUPTED, state)
+        accelerator.print(f"saved {output_dir / checkpoint.INTERRUPTED}; resume with:\n  {resume_command(config)}")
+        accelerator.end_training()
+        raise SystemExit(checkpoint.StopRequest.exit_code(interrupt.signum)) from None
+    finally:
+        stop.uninstall()
+    accelerator.end_training()
+    summary = {"best_val_accuracy": state["best_accuracy"], "epochs": len(state["history"]), "output_dir": str(output_dir),
+               "final": state["history"][-1] if state["history"] else None}
+    if state["history"]:
+        accelerator.print(f"final validation accuracy: {100 * state['history'][-1]['val_accuracy']:.2f}% "
+                          f"(best {100 * state['best_accuracy']:.2f}%); best model in {output_dir / 'best_model'}")
+    return summary
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, config: TrainConfig, state: dict,
+                    stop: checkpoint.StopRequest, skip_steps: int, steps_per_epoch: int, output_dir: Path,
+                    resumed_from: Path | None) -> tuple[float, int, float]:
+    model.train()
+    train_loader.set_epoch(state["epoch"])  # sampler order and augmentation seed for this epoch
+    skip_batches = skip_steps * config.grad_accum_steps
+    loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+    progress = tqdm(total=steps_per_epoch, initial=skip_steps, desc=f"epoch {state['epoch'] + 1}/{config.epochs}",
+                    disable=not accelerator.is_local_main_process, mininterval=1 if sys.stderr.isatty() else 30)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    loss_count = 0
+    images = 0
+    window_bad = False
+    window_indices: list[int] = []
+    started = time.perf_counter()
+    for batch_in_epoch, batch in enumerate(loader, start=skip_batches):
+        # Seed from the position, not the history, so a resumed run draws the same dropout masks.
+        torch.manual_seed(hash((config.seed, state["epoch"], batch_in_epoch, accelerator.process_index)) & 0x7FFF_FFFF)
+        with accelerator.accumulate(model):
+            logits = model(batch["pixel_values"])
+            loss = criterion(logits, batch["labels"])
+            if config.inject_nan_at_step is not None and state["global_step"] + 1 == config.inject_nan_at_step:
+                loss = loss * float("nan")
+            window_bad |= not bool(torch.isfinite(loss.detach()))
+            window_indices += batch["index"].tolist()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
+                # fp16: an inf gradient with a finite loss is overflow the grad scaler skips, not a failure.
+                grad_bad = grad_norm is not None and not bool(torch.isfinite(grad_norm)) and accelerator.mixed_precision != "fp16"
+                flags = torch.tensor([float(window_bad or grad_bad), float(stop.signum)], device=accelerator.device)
+                if accelerator.num_processes > 1:
+                    flags = accelerator.reduce(flags, reduction="sum")
+                if flags[0] > 0:
+                    handle_bad_step(accelerator, optimizer, config, state, loss, grad_norm, window_indices, output_dir)
+                else:
+                    optimizer.step()
+                    loss_sum += loss.detach().float()
+                    loss_count += 1
+                optimizer.zero_grad(set_to_none=True)
+                state["global_step"] += 1
+                state["step_in_epoch"] += 1
+                window_bad, window_indices = False, []
+                progress.update(1)
+                if state["global_step"] % 10 == 0:
+                    tracking.log_step(accelerator, state["global_step"], loss.item(), optimizer.param_groups[0]["lr"])
+                if flags[1] > 0:
+                    progress.close()
+                    raise Interrupted(int(stop.signum) or 15)
+                if config.checkpoint_every_steps and state["global_step"] % config.checkpoint_every_steps == 0 \
+                        and state["step_in_epoch"] < steps_per_epoch:
+                    checkpoint.save_checkpoint(accelerator, output_dir, f"step_{state['global_step']}", state)
+                    if accelerator.is_main_process:
+                        checkpoint.prune_checkpoints(output_dir, config.keep_checkpoints, protect=resumed_from)
+        images += batch["labels"].shape[0] * accelerator.num_processes
+    progress.close()
+    seconds = time.perf_counter() - started
+    mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(loss_count, 1)
+    return mean_loss, images, seconds
+
+
+def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, loss, grad_norm, indices: list[int],
+                    output_dir: Path) -> None:
+    """Non-finite loss or gradient: write diagnostics, then stop (default) or skip up to --max-bad-steps."""
+    state["bad_steps"] += 1
+    diagnostics = {
+        "epoch": state["epoch"] + 1, "global_step": state["global_step"] + 1, "lr": optimizer.param_groups[0]["lr"],
+        "loss": float(loss.detach().float()), "grad_norm": None if grad_norm is None else float(grad_norm),
+        "batch_indices": indices, "bad_steps": state["bad_steps"], "policy": config.nan_policy,
+    }
+    if accelerator.is_main_process:
+        with (output_dir / "nan_diagnostics.jsonl").open("a") as handle:
+            handle.write(json.dumps(diagnostics) + "\n")
+    if config.nan_policy == "skip" and state["bad_steps"] <= config.max_bad_steps:
+        accelerator.print(f"warning: non-finite loss/gradient at step {diagnostics['global_step']}: step skipped "
+                          f"({state['bad_steps']}/{config.max_bad_steps})")
+        return
+    raise TrainingDiverged(
+        f"non-finite loss ({diagnostics['loss']}) or gradient norm at epoch {diagnostics['epoch']}, optimizer step "
+        f"{diagnostics['global_step']}: stopped; details in {output_dir / 'nan_diagnostics.jsonl'}, last good checkpoint "
+        f"kept (lower --lr, or --nan-policy skip)")
+
+
+def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, record: dict, metrics: dict) -> None:
+    """`best_model/` (config.json + model.safetensors + metrics.json), written to a temp folder then renamed."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = output_dir / "best_model"
+        tmp = output_dir / ".tmp-best_model"
+        accelerator.unwrap_model(model).save_pretrained(tmp)
+        checkpoint.write_json_atomic(tmp / "metrics.json", {"epoch": record["epoch"], "val_accuracy": metrics["accuracy"],
+                                                            "val_balanced_accuracy": metrics["balanced_accuracy"],
+                                                            "val_macro_f1": metrics["macro_f1"], "dataset": config.dataset,
+                                                            "baseline_accuracy": config.baseline_accuracy})
+        checkpoint.replace_directory(tmp, final)
+    accelerator.wait_for_everyone()
+
+
+def write_metrics(accelerator, output_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl rewritten whole from the run's history, so a resumed run never repeats or loses a line."""
+    if accelerator.is_main_process:
+        tmp = output_dir / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+        os.replace(tmp, output_dir / "metrics.jsonl")

@@ -1,0 +1,78 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from emotion.config import PRESETS, TrainConfig
+from emotion.errors import EmotionError
+from emotion.model import EmotionNet, build_model, load_model
+
+
+def tiny(**overrides) -> EmotionNet:
+    kwargs = dict(backbone="test_efficientnet", lstm_hidden=16, proj_dim=16)
+    kwargs.update(overrides)
+    return EmotionNet(**kwargs).eval()
+
+
+def test_logits_and_49_cell_attention_at_224():
+    model = tiny()
+    logits, attention = model(torch.randn(2, 3, 224, 224), return_attention=True)
+    assert logits.shape == (2, 8)
+    assert attention.shape == (2, 7, 7)  # the 49 cells become the token sequence
+    assert torch.all(attention >= 0)
+    assert torch.allclose(attention.sum(dim=(1, 2)), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("size,grid", [(64, 2), (96, 3), (160, 5), (380, 12)])
+def test_any_input_size(size, grid):
+    logits, attention = tiny()(torch.randn(1, 3, size, size), return_attention=True)
+    assert logits.shape == (1, 8)
+    assert attention.shape == (1, grid, grid)
+
+
+def test_output_stride_16_keeps_a_finer_grid():
+    _, attention = tiny(output_stride=16)(torch.randn(1, 3, 112, 112), return_attention=True)
+    assert attention.shape == (1, 7, 7)
+
+
+def test_without_attention_the_map_is_uniform():
+    _, attention = tiny(attention=False)(torch.randn(1, 3, 64, 64), return_attention=True)
+    assert torch.allclose(attention, torch.full_like(attention, 0.25))
+
+
+def test_lstm_layers_and_projection_are_configurable():
+    model = tiny(lstm_layers=2, proj_dim=24, lstm_hidden=20)
+    assert model.lstm.num_layers == 2 and model.lstm.bidirectional and model.lstm.input_size == 24
+    assert model.head.in_features == 40
+
+
+def test_save_and_reload_give_identical_logits(tmp_path):
+    model = tiny(image_size=64)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    reloaded = load_model(tmp_path).eval()
+    x = torch.randn(3, 3, 64, 64)
+    assert torch.equal(model(x), reloaded(x))
+    assert reloaded.image_size == 64 and reloaded.mean == model.mean
+
+
+def test_load_model_names_a_missing_model(tmp_path):
+    with pytest.raises(EmotionError, match=str(tmp_path)):
+        load_model(tmp_path)
+
+
+def test_pretrained_backbone_from_local_file(tmp_path):
+    source = timm.create_model("test_efficientnet", num_classes=0)
+    save_file(source.state_dict(), tmp_path / "backbone.safetensors")
+    config = TrainConfig(**{**PRESETS["tiny"], "pretrained_path": str(tmp_path / "backbone.safetensors"), "output_stride": 32})
+    model = build_model(config)
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor)
+
+
+def test_unreachable_hub_is_one_clear_line():
+    config = TrainConfig(dataset="imagefolder", data_dir="x", backbone="test_efficientnet")
+    with pytest.raises(EmotionError) as err:
+        build_model(config)  # HF_HUB_OFFLINE=1 in tests: no download possible
+    message = str(err.value)
+    assert "--no-pretrained" in message and "--pretrained-path" in message and "\n" not in message
