@@ -128,5 +128,5 @@ def make_affectnet_plus(root: Path, hard_key: str = "human-label", soft_key: str
 
 
 def config(dataset: str, data_dir: Path, cache_dir: Path, **overrides) -> TrainConfig:
-    return TrainConfig(dataset=dataset, data_dir=str(data_dir), cache_dir=str(cache_dir), image_size=32, num_proc=1,
-                       **overrides)
+    return TrainConfig(**{"dataset": dataset, "data_dir": str(data_dir), "cache_dir": str(cache_dir), "image_size": 32,
+                          "num_proc": 1, **overrides})
