@@ -71,7 +71,8 @@ def test_soft_target_loss_applies_class_weights():
 def test_train_and_eval_on_the_layout_with_soft_labels(release, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main(["--preset", "tiny", "--dataset", "affectnet_plus", "--data-dir", str(release), "--soft-labels", "true",
-                       "--no-pretrained", "--image-size", "32", "--batch-size", "24", "--output-dir", str(run), "--cache-dir", str(tmp_path / "cache")]) == 0
+                       "--no-pretrained", "--image-size", "32", "--batch-size", "24", "--output-dir", str(run),
+                       "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     assert "class weights (inverse)" in out and "train counts: neutral=3" in out
     assert eval_main(["--model", str(run / "best_model"), "--output-dir", str(tmp_path / "eval")]) == 0
