@@ -62,7 +62,10 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         make_set(Path(tmp) / "set", args.images)
         config = TrainConfig(**{**PRESETS[args.preset], "dataset": "imagefolder", "data_dir": str(Path(tmp) / "set"),
