@@ -28,11 +28,13 @@ from emotion.data import build_dataloader, build_transform, class_counts, class_
 from emotion.errors import EmotionError
 from emotion.evaluation import compute_metrics, predict
 from emotion.labels import CLASS_NAMES
+from emotion.losses import build_criterion
 from emotion.model import build_model
 
 # Keys that define a run: resuming with any of them changed would silently train a different model.
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "image_size", "output_stride",
-                     "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps", "seed")
+                     "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps", "seed",
+                     "soft_labels", "subset", "face_margin", "val_fraction")
 NAN_EXIT_CODE = 3
 
 
@@ -101,8 +103,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     accelerator.register_for_checkpointing(scheduler)
-    criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=accelerator.device),
-                                          label_smoothing=config.label_smoothing)
+    criterion = build_criterion(torch.tensor(weights, dtype=torch.float32, device=accelerator.device),
+                                config.label_smoothing, soft=config.soft_labels)
 
     # Everything the loop needs beyond Accelerate's own state; saved as trainer_state.json in each checkpoint.
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_complete": False,
@@ -197,7 +199,7 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
             torch.manual_seed(hash((config.seed, state["epoch"], batch_in_epoch, accelerator.process_index)) & 0x7FFF_FFFF)
             with accelerator.accumulate(model):
                 logits = model(batch["pixel_values"])
-                loss = criterion(logits, batch["labels"])
+                loss = criterion(logits, batch)
                 if config.inject_nan_at_step is not None and state["global_step"] + 1 == config.inject_nan_at_step:
                     loss = loss * float("nan")
                 window_bad |= not bool(torch.isfinite(loss.detach()))
