@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
@@ -30,6 +29,7 @@ from emotion.evaluation import compute_metrics, predict
 from emotion.labels import CLASS_NAMES
 from emotion.losses import build_criterion
 from emotion.model import build_model
+from emotion.runtime import make_accelerator
 
 # Keys that define a run: resuming with any of them changed would silently train a different model.
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "image_size", "output_stride",
@@ -44,9 +44,9 @@ class TrainingDiverged(EmotionError):
     exit_code = NAN_EXIT_CODE
 
 
-def build_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
+def build_accelerator(config: TrainConfig, output_dir: Path):
     log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(config.report_to, [config.report_to])
-    return Accelerator(
+    return make_accelerator(
         gradient_accumulation_steps=config.grad_accum_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),

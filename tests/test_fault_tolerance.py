@@ -141,3 +141,24 @@ def test_resume_into_a_different_run_is_refused(reference_run, tmp_path, cache_d
     shutil.copytree(reference_run, run)
     result = run_script(*train_args(run, cache_dir, "--resume", "latest", "--image-size", "96"), check=False)
     assert result.returncode == 2 and "different run" in result.stderr and "image_size" in result.stderr
+
+
+def test_two_processes_ctrl_c_saves_once_and_resume_loads_on_every_rank(tmp_path, cache_dir, reference_run):
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              *train_args(run, cache_dir, "--batch-size", "4")]
+    # Ctrl+C in a terminal reaches the whole process group: the launcher and both ranks.
+    process = subprocess.Popen(launch, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    wait_for(run / "checkpoints" / "step_2", process)
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode != 0
+    assert (run / "interrupted" / "COMPLETE").is_file(), output[-3000:]
+    assert output.count("resume with:") == 1  # only the main process speaks and writes
+    assert len(list((run / "interrupted").glob("random_states_*.pkl"))) == 2  # each rank's RNG state
+    result = subprocess.run([*launch, "--resume", "latest"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("resumed from") == 1 and (run / "checkpoints" / "epoch_3" / "COMPLETE").is_file()
+    # 2 processes x batch 4 walk the same samples per step as 1 process x batch 8.
+    assert json.loads((run / "checkpoints" / "epoch_3" / "trainer_state.json").read_text())["global_step"] == 18
