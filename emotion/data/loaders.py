@@ -1,6 +1,7 @@
 """Split loading, class statistics and DataLoaders with per-sample seeded augmentation."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import datasets
@@ -24,8 +25,10 @@ def load_splits(config) -> datasets.DatasetDict:
     if config.dataset == "synthetic":
         from emotion.synthetic import load_synthetic
 
+        # Rendering is CPU-bound: use every core once the set is big enough to repay the process start-up.
+        num_proc = config.num_proc or ((os.cpu_count() or 1) if config.synthetic_train >= 1000 else None)
         return load_synthetic(config.synthetic_train, config.synthetic_val, image_size=config.image_size,
-                              seed=config.seed, cache_dir=config.cache_dir)
+                              seed=config.seed, cache_dir=config.cache_dir, num_proc=num_proc)
     if config.dataset not in READERS:
         raise EmotionError(f"unknown --dataset {config.dataset!r}: choose synthetic, {', '.join(READERS)}")
     return prepared_splits(config, READERS[config.dataset])
