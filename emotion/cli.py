@@ -57,3 +57,54 @@ def eval_main(argv: list[str] | None = None) -> int:
         num_workers=args.num_workers, tta=None if args.tta == "none" else args.tta, save_predictions=args.save_predictions,
     )
     return 0
+
+
+def export_parser() -> argparse.ArgumentParser:
+    from emotion.export import OPSET, TOLERANCE
+
+    parser = argparse.ArgumentParser(
+        prog="emotion-export",
+        description="Export a saved model to ONNX (logits + attention map, dynamic batch), check it against PyTorch "
+                    "with ONNX Runtime, and write the model card.",
+    )
+    parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
+    parser.add_argument("--output-dir", default=None, help="where model.onnx, config.json and README.md go (default: the model folder)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest max |ONNX Runtime - PyTorch| accepted (fp32)")
+    return parser
+
+
+@cli_main
+def export_main(argv: list[str] | None = None) -> int:
+    from emotion.card import current_command
+    from emotion.export import export_onnx
+
+    args = export_parser().parse_args(argv)
+    command = current_command(["emotion-export", *argv] if argv is not None else None)
+    report = export_onnx(Path(args.model), Path(args.output_dir) if args.output_dir else None, opset=args.opset,
+                         tolerance=args.tolerance, command=command)
+    where = Path(args.output_dir or args.model) / report["file"]
+    print(f"wrote {where} (opset {report['opset']}); ONNX Runtime vs PyTorch max |diff| {report['max_abs_diff']:.2e} "
+          f"<= {report['tolerance']:.0e} on batches {report['batches']}")
+    return 0
+
+
+def push_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion-push", description="Upload a saved model folder (weights, config, "
+                                     "card, ONNX if exported) to a Hugging Face Hub model repo.")
+    parser.add_argument("--model", required=True, help="saved model or export folder, e.g. results/RUN/best_model")
+    parser.add_argument("--repo-id", required=True, help="Hub repo, e.g. USER/emotion-b4-affectnet (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--token", default=None, help="Hub token (default: `hf auth login` / HF_TOKEN)")
+    return parser
+
+
+@cli_main
+def push_main(argv: list[str] | None = None) -> int:
+    from emotion.export import hub_files, push_to_hub
+
+    args = push_parser().parse_args(argv)
+    url = push_to_hub(Path(args.model), args.repo_id, private=args.private, token=args.token)
+    print(f"uploaded {', '.join(hub_files(Path(args.model)))} to {args.repo_id}: {url}")
+    return 0
