@@ -108,3 +108,29 @@ def push_main(argv: list[str] | None = None) -> int:
     url = push_to_hub(Path(args.model), args.repo_id, private=args.private, token=args.token)
     print(f"uploaded {', '.join(hub_files(Path(args.model)))} to {args.repo_id}: {url}")
     return 0
+
+
+def app_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion-app", description="Gradio page: photo, webcam and batch tabs with "
+                                     "boxes, probabilities, attention heatmaps and explanations.")
+    parser.add_argument("--model", default=None, help="saved model folder (results/RUN/best_model) or an exported model.onnx")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for other machines and Spaces)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
+    return parser
+
+
+@cli_main
+def app_main(argv: list[str] | None = None) -> int:
+    from emotion.errors import EmotionError
+
+    args = app_parser().parse_args(argv)
+    if not args.model:
+        from emotion.app import NO_MODEL
+
+        raise EmotionError(NO_MODEL)
+    from emotion.app import launch
+
+    launch(args.model, host=args.host, port=args.port, share=args.share, detector_model=args.detector_model)
+    return 0

@@ -42,7 +42,8 @@ class _LogitsAndAttention(nn.Module):
 
 
 class OnnxRunner:
-    """A `model.onnx` in ONNX Runtime, with the preprocessing of the `config.json` beside it."""
+    """A `model.onnx` in ONNX Runtime with the torch runner's call (emotion.demo.TorchRunner): preprocessed float32
+    batch (N, 3, S, S) in, (probabilities (N, C), attention (N, H, W)) out; `config` is the config.json beside it."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -60,26 +61,15 @@ class OnnxRunner:
             raise EmotionError(f"onnxruntime cannot load {path} ({type(err).__name__}): re-export it with emotion-export") from None
         self.config = json.loads(config_path.read_text())
 
-    @property
-    def mean(self) -> list[float]:
-        return self.config["mean"]
-
-    @property
-    def std(self) -> list[float]:
-        return self.config["std"]
-
-    @property
-    def image_size(self) -> int:
-        return self.config["image_size"]
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.config["class_names"]
-
-    def __call__(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised float32 (B, 3, S, S) -> logits (B, C), attention (B, H, W)."""
-        logits, attention = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(pixel_values, dtype=np.float32)})
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw graph outputs: logits (N, C), attention (N, H, W)."""
+        logits, attention = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
         return logits, attention
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, attention = self.outputs(batch)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # max-shifted: no overflow in exp
+        return shifted / shifted.sum(axis=1, keepdims=True), attention
 
 
 def _export_graph(model: EmotionNet, path: Path, opset: int) -> None:
@@ -102,7 +92,7 @@ def parity_gap(model: EmotionNet, runner: OnnxRunner, batches=PARITY_BATCHES, se
     gaps = {name: 0.0 for name in OUTPUT_NAMES}
     for size in batches:
         x = torch.randn(size, 3, model.image_size, model.image_size, generator=generator)
-        for name, ours, theirs in zip(OUTPUT_NAMES, model(x, return_attention=True), runner(x.numpy())):
+        for name, ours, theirs in zip(OUTPUT_NAMES, model(x, return_attention=True), runner.outputs(x.numpy())):
             gaps[name] = max(gaps[name], float(np.abs(ours.numpy() - theirs).max()))
     return gaps
 
@@ -165,7 +155,7 @@ def compare_runtimes(preset: str, batch_size: int = 8, seconds: float = 5.0, ops
         runner = OnnxRunner(Path(tmp) / ONNX_FILE)
         x = torch.randn(batch_size, 3, model.image_size, model.image_size)
         torch_ips = _images_per_second(model, x, batch_size, seconds)
-        onnx_ips = _images_per_second(runner, x.numpy(), batch_size, seconds)
+        onnx_ips = _images_per_second(runner.outputs, x.numpy(), batch_size, seconds)
     return {"preset": preset, "backbone": config.backbone, "image_size": config.image_size, "batch_size": batch_size,
             "threads": torch.get_num_threads(), "torch_images_per_second": torch_ips,
             "onnxruntime_images_per_second": onnx_ips, "speedup": onnx_ips / torch_ips,

@@ -37,8 +37,8 @@ def test_onnxruntime_matches_pytorch_at_a_new_batch_size(tiny_run, exported):
     runner = export.OnnxRunner(exported / "model.onnx")
     gaps = export.parity_gap(model, runner, batches=(5,), seed=7)
     assert max(gaps.values()) <= 1e-4
-    logits, attention = runner(np.zeros((5, 3, model.image_size, model.image_size), np.float32))
-    assert logits.shape == (5, 8)
+    probabilities, attention = runner(np.zeros((5, 3, model.image_size, model.image_size), np.float32))
+    assert probabilities.shape == (5, 8) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert np.allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
 
 
