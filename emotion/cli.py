@@ -134,3 +134,35 @@ def app_main(argv: list[str] | None = None) -> int:
 
     launch(args.model, host=args.host, port=args.port, share=args.share, detector_model=args.detector_model)
     return 0
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webcam_demo.py",
+        description="Live facial-expression demo with attention heatmaps and facial-region explanations. "
+                    "Keys: q quits, a toggles the attention heatmap.",
+    )
+    parser.add_argument("--source", default="0", help="camera index (0), a video file, an image file or a folder of images")
+    parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model, or an exported model.onnx")
+    parser.add_argument("--output", default=None, help="annotated video (.mp4/.avi) for camera/video sources, a folder for images")
+    parser.add_argument("--json", default=None, help="JSON Lines file: one record per face per frame (box, label, probabilities, explanation)")
+    parser.add_argument("--no-display", dest="display", action="store_false", help="headless: do not open a window")
+    parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
+    parser.add_argument("--detect-every", type=int, default=3, help="run the face detector every N frames, track in between")
+    parser.add_argument("--smoothing", type=float, default=0.5, help="weight of the newest frame in the smoothed probabilities (1 = none)")
+    parser.add_argument("--no-attention", dest="attention", action="store_false", help="start with the attention heatmap off")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    return parser
+
+
+@cli_main
+def demo_main(argv: list[str] | None = None) -> int:
+    from emotion.demo import run
+
+    args = demo_parser().parse_args(argv)
+    stats = run(args.source, args.model, output=args.output, json_path=args.json, display=args.display,
+                detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.attention,
+                smoothing=args.smoothing, max_frames=args.max_frames)
+    print(f"{stats.frames} frames, {stats.faces} faces, {stats.fps:.1f} FPS (detect + classify + overlay)"
+          + (f", annotated output in {args.output}" if args.output else "") + (f", records in {args.json}" if args.json else ""))
+    return 0
