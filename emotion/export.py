@@ -138,8 +138,9 @@ def _images_per_second(call, batch: Any, batch_size: int, seconds: float) -> flo
 
 
 @torch.no_grad()
-def compare_runtimes(preset: str, batch_size: int = 8, seconds: float = 5.0, opset: int = OPSET) -> dict[str, Any]:
-    """CPU images/s of PyTorch vs ONNX Runtime for a preset's architecture (random weights: speed only)."""
+def compare_runtimes(preset: str, batch_size: int = 8, seconds: float = 5.0, threads: int = 1, opset: int = OPSET) -> dict[str, Any]:
+    """CPU images/s of PyTorch vs ONNX Runtime for a preset's architecture (random weights: speed only), both on
+    `threads` threads (on a shared machine, PyTorch's OpenMP pool collapses when oversubscribed: 1 is the fair default)."""
     from emotion.config import PRESETS, TrainConfig
     from emotion.model import build_model
 
@@ -147,19 +148,23 @@ def compare_runtimes(preset: str, batch_size: int = 8, seconds: float = 5.0, ops
         raise EmotionError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     config = TrainConfig(**PRESETS[preset], pretrained=False)
     model = build_model(config).eval()
+    previous_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         started = time.perf_counter()
         export = export_onnx(Path(tmp), opset=opset, command=f"compare_runtimes({preset!r})")
         export_seconds = time.perf_counter() - started
-        runner = OnnxRunner(Path(tmp) / ONNX_FILE)
+        runner = OnnxRunner(Path(tmp) / ONNX_FILE, threads=threads)
         x = torch.randn(batch_size, 3, model.image_size, model.image_size)
-        torch_ips = _images_per_second(model, x, batch_size, seconds)
+        torch.set_num_threads(threads)
+        try:
+            torch_ips = _images_per_second(model, x, batch_size, seconds)
+        finally:
+            torch.set_num_threads(previous_threads)
         onnx_ips = _images_per_second(runner.outputs, x.numpy(), batch_size, seconds)
     return {"preset": preset, "backbone": config.backbone, "image_size": config.image_size, "batch_size": batch_size,
-            "threads": torch.get_num_threads(), "torch_images_per_second": torch_ips,
-            "onnxruntime_images_per_second": onnx_ips, "speedup": onnx_ips / torch_ips,
-            "max_abs_diff": export["max_abs_diff"], "export_seconds": export_seconds}
+            "threads": threads, "torch_images_per_second": torch_ips, "onnxruntime_images_per_second": onnx_ips,
+            "speedup": onnx_ips / torch_ips, "max_abs_diff": export["max_abs_diff"], "export_seconds": export_seconds}
 
 
 def hub_files(model_dir: Path) -> list[str]:

@@ -15,26 +15,18 @@ from emotion.labels import CLASS_NAMES
 from emotion.model import build_model, load_model
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory):
-    """The tiny run's best model exported by the console-script function into its own folder."""
-    out = tmp_path_factory.mktemp("onnx") / "export"
-    assert export_main(["--model", str(tiny_run / "best_model"), "--format", "onnx", "--output-dir", str(out)]) == 0
-    return out
-
-
-def test_export_writes_onnx_config_metrics_and_card(exported):
-    assert sorted(p.name for p in exported.iterdir()) == ["README.md", "config.json", "metrics.json", "model.onnx"]
-    config = json.loads((exported / "config.json").read_text())
+def test_export_writes_onnx_config_metrics_and_card(tiny_onnx):
+    assert sorted(p.name for p in tiny_onnx.iterdir()) == ["README.md", "config.json", "metrics.json", "model.onnx"]
+    config = json.loads((tiny_onnx / "config.json").read_text())
     assert config["class_names"] == list(CLASS_NAMES) and len(config["mean"]) == 3 and len(config["std"]) == 3
-    graph = onnx.load(str(exported / "model.onnx")).graph
+    graph = onnx.load(str(tiny_onnx / "model.onnx")).graph
     assert [o.name for o in graph.output] == ["logits", "attention"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named (dynamic) batch axis, not a number
 
 
-def test_onnxruntime_matches_pytorch_at_a_new_batch_size(tiny_run, exported):
+def test_onnxruntime_matches_pytorch_at_a_new_batch_size(tiny_run, tiny_onnx):
     model = load_model(tiny_run / "best_model").eval()
-    runner = export.OnnxRunner(exported / "model.onnx")
+    runner = export.OnnxRunner(tiny_onnx / "model.onnx")
     gaps = export.parity_gap(model, runner, batches=(5,), seed=7)
     assert max(gaps.values()) <= 1e-4
     probabilities, attention = runner(np.zeros((5, 3, model.image_size, model.image_size), np.float32))
@@ -42,11 +34,11 @@ def test_onnxruntime_matches_pytorch_at_a_new_batch_size(tiny_run, exported):
     assert np.allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
 
 
-def test_parity_failure_names_the_gap_and_writes_nothing(exported, tmp_path, monkeypatch, capsys):
+def test_parity_failure_names_the_gap_and_writes_nothing(tiny_onnx, tmp_path, monkeypatch, capsys):
     # Another model's weights behind the tiny run's graph: a real mismatch for the real check to catch.
     other = tmp_path / "other"
     build_model(TrainConfig(**{**PRESETS["tiny"], "seed": 1})).save_pretrained(other)
-    monkeypatch.setattr(export, "_export_graph", lambda model, path, opset: shutil.copy(exported / "model.onnx", path))
+    monkeypatch.setattr(export, "_export_graph", lambda model, path, opset: shutil.copy(tiny_onnx / "model.onnx", path))
     assert export_main(["--model", str(other)]) == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith("error: ONNX Runtime and PyTorch disagree") and "max |diff|" in message and "> 1e-04" in message
@@ -77,15 +69,15 @@ def test_best_model_carries_a_hub_model_card(tiny_run):
         assert phrase in card.text
 
 
-def test_export_card_keeps_the_training_command_and_adds_the_export(exported):
-    card = ModelCard.load(exported / "README.md")
+def test_export_card_keeps_the_training_command_and_adds_the_export(tiny_onnx):
+    card = ModelCard.load(tiny_onnx / "README.md")
     assert "train_accelerate.py --preset tiny --epochs 2" in card.text
     assert "emotion-export --model" in card.text and "onnx" in card.data.to_dict()["tags"]
     assert "max |diff|" in card.text
 
 
-def test_push_uploads_the_model_files_and_nothing_else(exported, tmp_path, monkeypatch, capsys):
-    folder = shutil.copytree(exported, tmp_path / "export")
+def test_push_uploads_the_model_files_and_nothing_else(tiny_onnx, tmp_path, monkeypatch, capsys):
+    folder = shutil.copytree(tiny_onnx, tmp_path / "export")
     (folder / "notes.txt").write_text("scratch")
     calls = {}
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("create", (repo_id, kw)))
