@@ -69,9 +69,9 @@ def export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset version (default: {OPSET})")
     parser.add_argument("--output-dir", default=None, help="where model.onnx, config.json and README.md go (default: the model folder)")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest max |ONNX Runtime - PyTorch| accepted (fp32)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest max |ONNX Runtime - PyTorch| accepted in fp32 (default: {TOLERANCE})")
     return parser
 
 
