@@ -39,8 +39,10 @@ LIMITS = """\
 
 
 def current_command(argv: Sequence[str] | None = None) -> str:
-    """The command line of this process, as a user would paste it."""
-    return " ".join(shlex.quote(a) for a in ["python", *(sys.argv if argv is None else argv)])
+    """The command line of this process, as a user would paste it (`python x.py ...` or `emotion-export ...`)."""
+    program, *rest = list(sys.argv if argv is None else argv)
+    head = ["python", program] if program.endswith(".py") else [Path(program).name]
+    return " ".join(shlex.quote(a) for a in [*head, *rest])
 
 
 def read_json(path: Path) -> dict[str, Any]:
