@@ -145,7 +145,8 @@ def launch(model: str, host: str = "127.0.0.1", port: int = 7860, share: bool = 
     """Serve the page; with block=False return (app, url) and leave the server running in a thread."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_app(Predictor.from_model_dir(model, detector_model), model_name=str(model))
-    _, url, _ = app.launch(server_name=host, server_port=port, share=share, theme=offline_theme(),
+    # show_error: an upload Gradio itself cannot decode gets its one-line reason on the page, never a traceback.
+    _, url, _ = app.launch(server_name=host, server_port=port, share=share, theme=offline_theme(), show_error=True,
                            prevent_thread_lock=not block, quiet=not block)
     return app, url
 

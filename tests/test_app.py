@@ -121,6 +121,13 @@ def test_photo_upload_in_a_real_browser(tiny_run, astronaut_png, tmp_path):
             page.locator("#photo-probabilities").get_by_text(CLASS_NAMES[0]).first.wait_for(timeout=10_000)
             bars = page.locator("#photo-probabilities").inner_text()
             page.screenshot(path=str(shots / "app_photo.png"), full_page=True)
+            broken = tmp_path / "broken.png"
+            broken.write_bytes(b"not a png")
+            page.reload()
+            page.locator("#photo-input input[type=file]").set_input_files(str(broken))
+            page.get_by_text("cannot identify image file").first.wait_for(timeout=30_000)
+            assert "Traceback" not in page.content()
+            page.screenshot(path=str(shots / "app_unreadable.png"))
             browser.close()
     finally:
         server.close()
