@@ -59,6 +59,24 @@ def eval_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def prepare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emotion-prepare",
+        description="Decode, crop and resize a real data set once (in parallel) into the Arrow cache training reads. "
+                    "Pass the same --preset / --image-size / data flags you will train with: the cache is keyed by them.",
+    )
+    add_config_arguments(parser)
+    return parser
+
+
+@cli_main
+def prepare_main(argv: list[str] | None = None) -> int:
+    from emotion.data import load_splits
+
+    load_splits(config_from_args(prepare_parser().parse_args(argv)))
+    return 0
+
+
 def export_parser() -> argparse.ArgumentParser:
     from emotion.export import OPSET, TOLERANCE
 

@@ -16,8 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a top-level script as a user would; on failure show its output."""
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env={**os.environ, **(env or {})},
+    """Run a top-level script as a user would (env values of None unset a variable); on failure show its output."""
+    merged = {**os.environ, **(env or {})}
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env={k: v for k, v in merged.items() if v is not None},
                             capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
