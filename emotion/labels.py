@@ -26,3 +26,16 @@ def canonical_label(name: str) -> int | None:
     key = name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
     key = ALIASES.get(key, key)
     return CLASS_TO_ID.get(key)
+
+# Facial-action (FACS action unit) prototype of each class, as the explanation reads it.
+# Contempt's AU12 / AU14 are one-sided; neutral shows no action.
+ACTION_PROTOTYPES: dict[str, tuple[int, ...]] = {
+    "neutral": (),
+    "happy": (6, 12),
+    "sad": (1, 4, 15),
+    "surprise": (1, 2, 5, 26),
+    "fear": (1, 2, 4, 5, 20, 26),
+    "disgust": (9, 15, 16),
+    "anger": (4, 7, 23),
+    "contempt": (12, 14),
+}

@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from emotion import checkpoint, tracking
+from emotion import card, checkpoint, tracking
 from emotion.config import TrainConfig
 from emotion.data import build_dataloader, build_transform, class_counts, class_weights, load_splits
 from emotion.errors import EmotionError
@@ -267,7 +267,7 @@ def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, lo
 
 
 def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, record: dict, metrics: dict) -> None:
-    """`best_model/` (config.json + model.safetensors + metrics.json), written to a temp folder then renamed."""
+    """`best_model/` (config.json + model.safetensors + metrics.json + README.md card), written to a temp folder then renamed."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = output_dir / "best_model"
@@ -277,6 +277,7 @@ def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, r
                                                             "val_balanced_accuracy": metrics["balanced_accuracy"],
                                                             "val_macro_f1": metrics["macro_f1"], "dataset": config.dataset,
                                                             "baseline_accuracy": config.baseline_accuracy})
+        card.write_model_card(tmp, card.current_command(), config.to_dict())
         checkpoint.replace_directory(tmp, final)
     accelerator.wait_for_everyone()
 

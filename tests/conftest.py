@@ -39,6 +39,16 @@ def tiny_run(tmp_path_factory, cache_dir) -> Path:
     return output
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run's best model exported by `emotion-export` into its own folder (model.onnx + config + card)."""
+    from emotion.cli import export_main
+
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    assert export_main(["--model", str(tiny_run / "best_model"), "--format", "onnx", "--output-dir", str(out)]) == 0
+    return out
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Tests that build an Accelerator in-process must not inherit another test's singleton state."""
