@@ -22,7 +22,10 @@ from emotion.errors import EmotionError
 from emotion.training import sync_batchnorm
 from conftest import ROOT
 
-TOLERANCE = 1e-5  # float32 summation order (all-reduce of two half-batch gradients vs one full batch)
+# float32 summation order only (all-reduce of two half-batch gradients vs one full batch). Measured: losses 1e-7
+# relative, weights 6e-6 after 4 AdamW steps at lr 3e-3; the same runs with BatchNorm differ by 1.2e-2.
+LOSS_TOLERANCE = 1e-5
+WEIGHT_TOLERANCE = 1e-4
 COMMON = ["--preset", "tiny", "--backbone", "test_efficientnet_gn", "--dropout", "0", "--class-weights", "none",
           "--epochs", "2"]  # two epochs: the second checks the augmentation epoch reaches every rank
 
@@ -53,12 +56,12 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path, cache_dir):
             for name in ("ddp", "single")}
     assert [r["global_step"] for r in runs["ddp"]] == [r["global_step"] for r in runs["single"]] == [2, 4]
     for key in ("train_loss", "val_loss", "val_accuracy"):
-        assert [r[key] for r in runs["ddp"]] == pytest.approx([r[key] for r in runs["single"]], rel=TOLERANCE, abs=TOLERANCE), key
+        assert [r[key] for r in runs["ddp"]] == pytest.approx([r[key] for r in runs["single"]], rel=LOSS_TOLERANCE, abs=LOSS_TOLERANCE), key
     ddp_weights = load_file(tmp_path / "ddp" / "best_model" / "model.safetensors")
     single_weights = load_file(tmp_path / "single" / "best_model" / "model.safetensors")
     assert ddp_weights.keys() == single_weights.keys()
     worst = max(float((ddp_weights[k].float() - single_weights[k].float()).abs().max()) for k in ddp_weights)
-    assert worst < TOLERANCE, f"largest weight difference {worst}"
+    assert worst < WEIGHT_TOLERANCE, f"largest weight difference {worst}"
 
     # Only the main process writes and prints.
     assert ddp_out.count("final validation accuracy") == 1
