@@ -53,6 +53,7 @@ class BenchSettings:
     data_dir: str | None = None
     loader_samples: int = 256
     num_workers: int | None = None
+    threads: int | None = None
     cache_dir: str | None = None
     output: str | None = None
 
@@ -207,6 +208,8 @@ def data_speed(split: datasets.Dataset, config: TrainConfig, settings: BenchSett
 def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     device = current_device()
     check_precision(settings.precision, device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     config = resolve_config(settings)
     split = arrow_split(config, settings)  # bad --data-dir fails before minutes of timing
     torch.manual_seed(config.seed)

@@ -101,6 +101,8 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="a prepared dataset directory (datasets save_to_disk) for the loader test (default: synthetic faces)")
     parser.add_argument("--loader-samples", type=int, default=defaults.loader_samples, help=f"images per loader pass (default: {defaults.loader_samples})")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the preset's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: one per core; 1 is far faster on a machine shared with other jobs)")
     parser.add_argument("--cache-dir", default=None, help="where the synthetic Arrow cache lives (default ~/.cache/emotion)")
     parser.add_argument("--output", default=None, help="JSON path (default results/bench/<device>-<preset>-<precision>.json)")
     return parser
