@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= results/quickstart
+BENCH_ARGS ?= --preset cpu
 
-.PHONY: quickstart test install clean
+.PHONY: quickstart test bench install clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +21,10 @@ quickstart: install
 
 test: install
 	WANDB_MODE=disabled $(PY) -m pytest -q
+
+# Throughput table for this machine (docs/benchmarks.md); BENCH_ARGS="--preset b4 --precision bf16" on a GPU.
+bench: install
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

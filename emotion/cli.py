@@ -93,6 +93,37 @@ def export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bench_parser() -> argparse.ArgumentParser:
+    from emotion.bench import PRECISIONS, BenchSettings
+
+    defaults = BenchSettings()
+    parser = argparse.ArgumentParser(
+        prog="emotion-bench",
+        description="Measure on the current device: training images/s of the full model vs timm's plain classifier "
+                    "(same backbone, batch, precision), inference images/s and batch-1 latency, data-loader images/s "
+                    "(prepared Arrow dataset and raw image folder) and peak memory. Prints a markdown table, writes JSON.",
+    )
+    parser.add_argument("--preset", default=defaults.preset, help=f"model and batch settings from a training preset (default: {defaults.preset})")
+    parser.add_argument("--backbone", default=None, help="timm backbone (default: the preset's)")
+    parser.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the preset's)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision, help="autocast precision (fp16 needs CUDA)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format for both models")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models (warm-up steps absorb the compile)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"steps per timed window (default: {defaults.steps})")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help=f"untimed steps first (default: {defaults.warmup})")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help=f"timed windows; the fastest counts (default: {defaults.repeats})")
+    parser.add_argument("--latency-runs", type=int, default=defaults.latency_runs, help=f"batch-1 forwards; the median counts (default: {defaults.latency_runs})")
+    parser.add_argument("--data-dir", default=None, help="a prepared dataset directory (datasets save_to_disk) for the loader test (default: synthetic faces)")
+    parser.add_argument("--loader-samples", type=int, default=defaults.loader_samples, help=f"images per loader pass (default: {defaults.loader_samples})")
+    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the preset's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: one per core; 1 is far faster on a machine shared with other jobs)")
+    parser.add_argument("--cache-dir", default=None, help="where the synthetic Arrow cache lives (default ~/.cache/emotion)")
+    parser.add_argument("--output", default=None, help="JSON path (default results/bench/<device>-<preset>-<precision>.json)")
+    return parser
+
+
 @cli_main
 def export_main(argv: list[str] | None = None) -> int:
     from emotion.card import current_command
@@ -183,4 +214,14 @@ def demo_main(argv: list[str] | None = None) -> int:
                 smoothing=args.smoothing, max_frames=args.max_frames)
     print(f"{stats.frames} frames, {stats.faces} faces, {stats.fps:.1f} FPS (detect + classify + overlay)"
           + (f", annotated output in {args.output}" if args.output else "") + (f", records in {args.json}" if args.json else ""))
+    return 0
+
+
+@cli_main
+def bench_main(argv: list[str] | None = None) -> int:
+    from emotion.bench import BenchSettings, markdown_table, run_benchmark
+
+    result = run_benchmark(BenchSettings(**vars(bench_parser().parse_args(argv))))
+    print(markdown_table(result))
+    print(f"\nJSON: {result['output']}")
     return 0

@@ -54,6 +54,10 @@ class TrainConfig:
     lr_patience: int = field(default=5, metadata={"help": "ReduceLROnPlateau patience (epochs without val accuracy gain)"})
     lr_factor: float = field(default=0.5, metadata={"help": "ReduceLROnPlateau factor"})
     seed: int = field(default=42, metadata={"help": "random seed (data order, augmentation, init)"})
+    # speed and scale
+    sync_bn: bool = field(default=False, metadata={"help": "synchronise BatchNorm statistics across processes (GPUs only; no effect with 1 process)"})
+    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the convolutions (faster on tensor-core GPUs)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (first steps slower while it compiles)"})
     # checkpoints and fault tolerance
     output_dir: str | None = field(default=None, metadata={"help": "run directory (default results/<run-name>)"})
     run_name: str | None = field(default=None, metadata={"help": "run name (default <preset>-<dataset>)"})

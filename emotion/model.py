@@ -144,6 +144,16 @@ def build_model(config) -> EmotionNet:
     return model
 
 
+def speed_up(model: nn.Module, channels_last: bool = False, compile: bool = False) -> nn.Module:
+    """Memory format and compilation switches shared by training and the benchmark; state-dict keys stay unchanged."""
+    if channels_last:
+        # Weights in NHWC make every convolution produce NHWC, so inputs need no conversion.
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()  # in place: no `_orig_mod.` prefix in saved weights or checkpoints
+    return model
+
+
 def load_model(path) -> EmotionNet:
     """A saved model directory (config.json + model.safetensors), with a one-line error when it is not one."""
     from pathlib import Path

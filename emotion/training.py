@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
@@ -28,7 +29,7 @@ from emotion.errors import EmotionError
 from emotion.evaluation import compute_metrics, predict
 from emotion.labels import CLASS_NAMES
 from emotion.losses import build_criterion
-from emotion.model import build_model
+from emotion.model import build_model, speed_up
 from emotion.runtime import make_accelerator
 
 # Keys that define a run: resuming with any of them changed would silently train a different model.
@@ -50,8 +51,21 @@ def build_accelerator(config: TrainConfig, output_dir: Path):
         gradient_accumulation_steps=config.grad_accum_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        # Non-blocking host-to-device copies pair with the pinned memory the loaders use on CUDA.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed,
+                                                  non_blocking=torch.cuda.is_available()),
     )
+
+
+def sync_batchnorm(model: torch.nn.Module, config: TrainConfig, accelerator: Accelerator) -> torch.nn.Module:
+    """--sync-bn: BatchNorm statistics over the global batch, so N processes x batch b normalise like one x N*b."""
+    if not config.sync_bn or accelerator.num_processes == 1:
+        return model
+    if accelerator.device.type == "cpu":
+        raise EmotionError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU (gloo) processes; "
+                           "drop --sync-bn, or pick a batch-independent backbone (e.g. GroupNorm) for CPU DDP")
+    # timm's converter keeps the fused activation of BatchNormAct2d, which torch's own would drop.
+    return timm.layers.convert_sync_batchnorm(model)
 
 
 def resume_command(config: TrainConfig) -> str:
@@ -88,7 +102,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # Data: the main process builds the Arrow cache first, the others reuse it.
     with accelerator.main_process_first():
         splits = load_splits(config)
-    model = build_model(config)
+    model = speed_up(sync_batchnorm(build_model(config), config, accelerator), config.channels_last, config.compile)
     train_loader = build_dataloader(splits["train"], build_transform(config.image_size, model.mean, model.std, train=True),
                                     config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
     val_loader = build_dataloader(splits["validation"], build_transform(config.image_size, model.mean, model.std, train=False),
@@ -98,7 +112,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     accelerator.print("train counts: " + ", ".join(f"{n}={c}" for n, c in zip(CLASS_NAMES, counts)))
     accelerator.print(f"class weights ({config.class_weights}): " + ", ".join(f"{n}={w:.3f}" for n, w in zip(CLASS_NAMES, weights)))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=accelerator.device.type == "cuda")  # one kernel for all parameters
     # Not prepared: a prepared plateau scheduler would step once per process.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
@@ -186,6 +201,8 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
                     resumed_from: Path | None) -> tuple[float, int, float]:
     model.train()
     train_loader.set_epoch(state["epoch"])  # sampler order and augmentation seed for this epoch
+    # Accelerate skips the dataset's set_epoch when the sampler is sharded (several processes): set it directly.
+    train_loader.dataset.set_epoch(state["epoch"])
     skip_batches = skip_steps * config.grad_accum_steps
     loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
     progress = tqdm(total=steps_per_epoch, initial=skip_steps, desc=f"epoch {state['epoch'] + 1}/{config.epochs}",

@@ -97,6 +97,8 @@ def build_dataloader(split: datasets.Dataset, transform: Callable, batch_size: i
         drop_last=False,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
+        # Train workers must restart each epoch: they hold a copy of TransformedSplit.epoch (the augmentation seed).
+        persistent_workers=num_workers > 0 and not train,
         # Own generator: creating an iterator must not consume the global RNG (exact resume).
         generator=torch.Generator().manual_seed(seed),
     )
