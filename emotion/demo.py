@@ -379,9 +379,10 @@ def _capture_frames(capture: cv2.VideoCapture, stem: str) -> Iterator[tuple[str,
 def open_source(source: str) -> FrameSource:
     """A camera index ('0'), a video file, an image file or a folder of images."""
     if source.isdigit():
-        previous = cv2.setLogLevel(0)  # OpenCV's own multi-line camera warnings would bury our one line
+        previous = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its camera warnings would bury our one line
         capture = cv2.VideoCapture(int(source))
-        cv2.setLogLevel(previous)
+        cv2.utils.logging.setLogLevel(previous)
         if not capture.isOpened():
             raise EmotionError(f"no camera at index {source}: connect one, or pass --source video.mp4, image.jpg or a folder")
         return FrameSource("camera", capture.get(cv2.CAP_PROP_FPS) or 30.0, _capture_frames(capture, f"camera{source}"))
@@ -550,3 +551,19 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
             cv2.destroyAllWindows()
     stats.timings = dict(predictor.timings)
     return stats
+
+
+def synthetic_agreement(predictor: Predictor, per_class: int = 25, seed: int = 0) -> dict[str, float | None]:
+    """How often a face's top attention region is one the synthetic generator changed for its class (per class)."""
+    from emotion.explain import agreement_by_class
+    from emotion.synthetic import render_face
+
+    size = int(predictor.runner.config["image_size"])
+    tops, labels, truth = [], [], []
+    for label in range(len(predictor.runner.config["class_names"])):
+        for i in range(per_class):
+            rgb, regions, _ = render_face(label, np.random.default_rng([seed, 99, label, i]), size)
+            tops.append(predictor.classify_crops([rgb[:, :, ::-1]])[0].explanation.top_region)
+            labels.append(label)
+            truth.append(regions)
+    return agreement_by_class(tops, labels, truth)
