@@ -335,12 +335,13 @@ def draw_overlay(frame: np.ndarray, faces: Sequence[FaceResult], show_attention:
         colour = (0, 200, 0) if face.explanation.supported else (0, 165, 255)
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
         _text(out, f"{face.label} {face.confidence:.0%}", (x, max(line, y - 8)), scale * 1.2, colour)
-        _text(out, face.explanation.phrase, (x, min(H - 4, y + h + line)), scale)
-        bar_x = x + w + 8 if x + w + 8 + 140 < W else max(0, x - 148)
+        bar_x, step = (x + w + 8 if x + w + 8 + 140 < W else max(0, x - 148)), int(line * 0.8)
         for i, (name, p) in enumerate(zip(names, face.probabilities)):
-            by = y + i * int(line * 0.8)
+            by = y + i * step
             cv2.rectangle(out, (bar_x + 62, by + 2), (bar_x + 62 + int(76 * float(p)), by + int(line * 0.6)), colour, -1)
             _text(out, name[:8], (bar_x, by + int(line * 0.6)), scale * 0.75)
+        # below the box and the bars, which the phrase is often wider than
+        _text(out, face.explanation.phrase, (x, min(H - 4, max(y + h, y + len(names) * step) + line)), scale)
     if fps is not None:
         _text(out, f"{fps:.1f} FPS", (8, line), scale * 1.2, (0, 255, 255))
     return out

@@ -1,4 +1,5 @@
 import json
+import os
 
 import cv2
 import numpy as np
@@ -98,12 +99,21 @@ def test_tracker_keeps_ids_and_smooths():
     assert tracker.update([_face((700, 0, 80, 80), 0.9)])[0].track_id == 3
 
 
-def test_explanations_agree_with_the_synthetic_ground_truth(predictor):
-    """Top attention region is one the generator changed for the class: a floor for a 2-epoch tiny model."""
-    table = synthetic_agreement(predictor, per_class=5)
-    print(table)
-    assert table["neutral"] is None
-    assert table["overall"] >= 0.0
+def test_agreement_table_on_synthetic_faces(predictor):
+    table = synthetic_agreement(predictor, per_class=3)
+    assert table["neutral"] is None  # neutral changes no region: nothing to agree with
+    assert all(0.0 <= table[name] <= 1.0 for name in CLASS_NAMES[1:]) and 0.0 <= table["overall"] <= 1.0
+
+
+# Training a `cpu` preset model takes far longer than the test budget: point this at one to hold the floor.
+CPU_MODEL = os.environ.get("EMOTION_DEMO_MODEL")
+
+
+@pytest.mark.skipif(not CPU_MODEL, reason="set EMOTION_DEMO_MODEL to a `cpu` preset best_model/ to check the floor")
+def test_explanation_agreement_floor_for_the_cpu_preset():
+    """Top attention region is one the generator changed for the true class (uniform-random choice: 48 %)."""
+    table = synthetic_agreement(Predictor.from_model_dir(CPU_MODEL), per_class=20)
+    assert table["overall"] >= 0.5
 
 
 def test_video_run_writes_every_frame_and_json_records(model_dir, video, tmp_path):
@@ -126,14 +136,14 @@ def test_video_run_writes_every_frame_and_json_records(model_dir, video, tmp_pat
     assert not list(tmp_path.glob(".*partial*"))  # temp files renamed away
 
 
-def test_script_on_an_image_folder_headless(model_dir, astronaut, tmp_path):
+def test_image_folder_headless(model_dir, astronaut, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     cv2.imwrite(str(folder / "astronaut.jpg"), astronaut)
     cv2.imwrite(str(folder / "blank.png"), np.full((120, 160, 3), 128, np.uint8))
-    result = run_script("webcam_demo.py", "--source", str(folder), "--model", str(model_dir), "--no-display",
-                        "--output", str(tmp_path / "out"), "--json", str(tmp_path / "faces.jsonl"))
-    assert "2 frames, 1 faces" in result.stdout
+    assert demo_main(["--source", str(folder), "--model", str(model_dir), "--no-display",
+                      "--output", str(tmp_path / "out"), "--json", str(tmp_path / "faces.jsonl")]) == 0
+    assert "2 frames, 1 faces" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["astronaut.png", "blank.png"]
     annotated = cv2.imread(str(tmp_path / "out" / "astronaut.png"))
     assert annotated.shape == astronaut.shape and not np.array_equal(annotated, astronaut)
@@ -161,5 +171,8 @@ def test_one_line_errors(model_dir, tmp_path, capsys, monkeypatch):
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert demo_main(["--model", str(tmp_path), "--no-display"]) == 2
     assert "is not a saved model" in capsys.readouterr().err
+    # the script itself: exit code 2 and one line on stderr
+    script = run_script("webcam_demo.py", "--model", str(model_dir), env={"DISPLAY": ""}, check=False)
+    assert script.returncode == 2 and script.stderr.startswith("error: no display") and script.stderr.count("\n") == 1
     with pytest.raises(EmotionError, match="YuNet"):
         DnnDetector(str(tmp_path / "yunet.onnx"))
