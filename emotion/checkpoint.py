@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
 INTERRUPTED = "interrupted"
+# Testing hook (documented in docs/fault-tolerance.md): seconds to pause before a checkpoint is marked complete.
+SAVE_DELAY_SECONDS = float(os.environ.get("EMOTION_FAULT_SAVE_DELAY", "0"))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -56,6 +59,8 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, trainer_state: dic
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
+    if SAVE_DELAY_SECONDS:  # fault injection: widen the window in which a kill lands mid-save
+        time.sleep(SAVE_DELAY_SECONDS)
     if accelerator.is_main_process:
         write_json_atomic(tmp / TRAINER_STATE, trainer_state)
         write_json_atomic(tmp / COMPLETE, {"global_step": trainer_state["global_step"], "epoch_complete": trainer_state["epoch_complete"]})

@@ -59,6 +59,101 @@ def eval_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def prepare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emotion-prepare",
+        description="Decode, crop and resize a real data set once (in parallel) into the Arrow cache training reads. "
+                    "Pass the same --preset / --image-size / data flags you will train with: the cache is keyed by them.",
+    )
+    add_config_arguments(parser)
+    return parser
+
+
+@cli_main
+def prepare_main(argv: list[str] | None = None) -> int:
+    from emotion.data import load_splits
+
+    load_splits(config_from_args(prepare_parser().parse_args(argv)))
+    return 0
+
+
+def export_parser() -> argparse.ArgumentParser:
+    from emotion.export import OPSET, TOLERANCE
+
+    parser = argparse.ArgumentParser(
+        prog="emotion-export",
+        description="Export a saved model to ONNX (logits + attention map, dynamic batch), check it against PyTorch "
+                    "with ONNX Runtime, and write the model card.",
+    )
+    parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset version (default: {OPSET})")
+    parser.add_argument("--output-dir", default=None, help="where model.onnx, config.json and README.md go (default: the model folder)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest max |ONNX Runtime - PyTorch| accepted in fp32 (default: {TOLERANCE})")
+    return parser
+
+
+@cli_main
+def export_main(argv: list[str] | None = None) -> int:
+    from emotion.card import current_command
+    from emotion.export import export_onnx
+
+    args = export_parser().parse_args(argv)
+    command = current_command(["emotion-export", *argv] if argv is not None else None)
+    report = export_onnx(Path(args.model), Path(args.output_dir) if args.output_dir else None, opset=args.opset,
+                         tolerance=args.tolerance, command=command)
+    where = Path(args.output_dir or args.model) / report["file"]
+    print(f"wrote {where} (opset {report['opset']}); ONNX Runtime vs PyTorch max |diff| {report['max_abs_diff']:.2e} "
+          f"<= {report['tolerance']:.0e} on batches {report['batches']}")
+    return 0
+
+
+def push_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion-push", description="Upload a saved model folder (weights, config, "
+                                     "card, ONNX if exported) to a Hugging Face Hub model repo.")
+    parser.add_argument("--model", required=True, help="saved model or export folder, e.g. results/RUN/best_model")
+    parser.add_argument("--repo-id", required=True, help="Hub repo, e.g. USER/emotion-b4-affectnet (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--token", default=None, help="Hub token (default: `hf auth login` / HF_TOKEN)")
+    return parser
+
+
+@cli_main
+def push_main(argv: list[str] | None = None) -> int:
+    from emotion.export import hub_files, push_to_hub
+
+    args = push_parser().parse_args(argv)
+    url = push_to_hub(Path(args.model), args.repo_id, private=args.private, token=args.token)
+    print(f"uploaded {', '.join(hub_files(Path(args.model)))} to {args.repo_id}: {url}")
+    return 0
+
+
+def app_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion-app", description="Gradio page: photo, webcam and batch tabs with "
+                                     "boxes, probabilities, attention heatmaps and explanations.")
+    parser.add_argument("--model", default=None, help="saved model folder (results/RUN/best_model) or an exported model.onnx")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for other machines and Spaces)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
+    return parser
+
+
+@cli_main
+def app_main(argv: list[str] | None = None) -> int:
+    from emotion.errors import EmotionError
+
+    args = app_parser().parse_args(argv)
+    if not args.model:
+        from emotion.app import NO_MODEL
+
+        raise EmotionError(NO_MODEL)
+    from emotion.app import launch
+
+    launch(args.model, host=args.host, port=args.port, share=args.share, detector_model=args.detector_model)
+    return 0
+
+
 def demo_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="webcam_demo.py",
@@ -66,7 +161,7 @@ def demo_parser() -> argparse.ArgumentParser:
                     "Keys: q quits, a toggles the attention heatmap.",
     )
     parser.add_argument("--source", default="0", help="camera index (0), a video file, an image file or a folder of images")
-    parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
+    parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model, or an exported model.onnx")
     parser.add_argument("--output", default=None, help="annotated video (.mp4/.avi) for camera/video sources, a folder for images")
     parser.add_argument("--json", default=None, help="JSON Lines file: one record per face per frame (box, label, probabilities, explanation)")
     parser.add_argument("--no-display", dest="display", action="store_false", help="headless: do not open a window")

@@ -26,6 +26,12 @@ class TrainConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "where Arrow caches live (default ~/.cache/emotion)"})
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
     class_weights: str = field(default="inverse", metadata={"help": "loss class weights: inverse | effective | none"})
+    soft_labels: bool = field(default=False, metadata={"help": "affectnet_plus: train against the soft-label distribution (class-weighted soft-target CE)"})
+    subset: str = field(default="all", metadata={"help": "affectnet_plus: easy | challenging | difficult | all (needs a release that marks subsets)"})
+    face_margin: float = field(default=0.2, metadata={"help": "affectnet: face box grown by this fraction of its side on each side before cropping"})
+    val_fraction: float = field(default=0.1, metadata={"help": "imagefolder without a val folder: share of each class held out (seeded, stratified)"})
+    drop_unknown_classes: bool = field(default=False, metadata={"help": "imagefolder: skip class folders that map to none of the 8 classes instead of failing"})
+    num_proc: int | None = field(default=None, metadata={"help": "processes decoding images while preparing a real data set's cache (default: all CPU cores)"})
     # model
     backbone: str = field(default="efficientnet_b4", metadata={"help": "any timm model name"})
     pretrained: bool | None = field(default=None, metadata={"help": "use pretrained backbone weights (default: yes for real data, no for synthetic)"})
@@ -143,6 +149,14 @@ def validate(config: TrainConfig) -> None:
         raise EmotionError(f"--dataset {config.dataset} needs --data-dir pointing at the data set's root")
     if config.class_weights not in ("inverse", "effective", "none"):
         raise EmotionError(f"unknown --class-weights {config.class_weights!r}: choose inverse, effective or none")
+    if config.soft_labels and config.dataset != "affectnet_plus":
+        raise EmotionError(f"--soft-labels needs --dataset affectnet_plus (got {config.dataset}): drop --soft-labels")
+    if config.subset not in ("easy", "challenging", "difficult", "all"):
+        raise EmotionError(f"unknown --subset {config.subset!r}: choose easy, challenging, difficult or all")
+    if not 0 <= config.face_margin <= 2:
+        raise EmotionError(f"--face-margin {config.face_margin} is out of range: use a fraction of the face box such as 0.2")
+    if not 0 < config.val_fraction < 1:
+        raise EmotionError(f"--val-fraction {config.val_fraction} is out of range: use a share such as 0.1")
     if config.nan_policy not in ("stop", "skip"):
         raise EmotionError(f"unknown --nan-policy {config.nan_policy!r}: choose stop or skip")
     if config.report_to not in ("wandb", "tensorboard", "all", "none"):

@@ -130,6 +130,15 @@ class TorchRunner:
             return logits.float().softmax(dim=1).numpy(), attention.float().numpy()
 
 
+def load_runner(model: str | os.PathLike):
+    """A saved model folder runs in PyTorch; an exported `.onnx` file in ONNX Runtime (same call, same config)."""
+    if str(model).lower().endswith(".onnx"):
+        from emotion.export import OnnxRunner
+
+        return OnnxRunner(Path(model))
+    return TorchRunner.from_dir(model)
+
+
 class Preprocessor:
     """BGR face crops -> the normalised float batch the model was trained on (training's eval transform)."""
 
@@ -191,7 +200,7 @@ class Predictor:
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, detector_model: str | None = None, **kwargs) -> "Predictor":
-        return cls(TorchRunner.from_dir(model_dir), build_detector(detector_model), **kwargs)
+        return cls(load_runner(model_dir), build_detector(detector_model), **kwargs)
 
     def _timed(self, stage: str, func, *args):
         start = time.perf_counter()

@@ -9,9 +9,11 @@ from typing import Callable
 class EmotionError(Exception):
     """Bad input or an unusable resource; the message names the thing and what to do."""
 
+    exit_code = 2
+
 
 def cli_main(func: Callable[[], int | None]) -> Callable[[], int]:
-    """Wrap a console entry point: EmotionError -> one line on stderr and exit code 2."""
+    """Wrap a console entry point: EmotionError -> one line on stderr and its exit code (2 unless it says)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs) -> int:
@@ -19,6 +21,6 @@ def cli_main(func: Callable[[], int | None]) -> Callable[[], int]:
             return func(*args, **kwargs) or 0
         except EmotionError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            return err.exit_code
 
     return wrapper

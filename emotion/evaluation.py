@@ -151,11 +151,10 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
                          output_dir: Path | None = None, batch_size: int = 64, num_workers: int | None = None,
                          tta: str | None = None, save_predictions: bool = False) -> dict[str, Any]:
     """Evaluate a saved model on a split of its data set (or another) and write the report files."""
-    from accelerate import Accelerator
-
     from emotion.config import validate
     from emotion.data import build_dataloader, build_transform, load_splits
     from emotion.model import load_model
+    from emotion.runtime import make_accelerator
 
     model = load_model(model_dir)
     config = run_config_for(model_dir)
@@ -165,7 +164,7 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
         config.data_dir = data_dir
     config.image_size = model.image_size
     validate(config)
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     with accelerator.main_process_first():
         splits = load_splits(config)
     data = splits[split]

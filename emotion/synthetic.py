@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
-from emotion.labels import CLASS_NAMES, CLASS_TO_ID, FACE_REGIONS, NUM_CLASSES
+from emotion.labels import CLASS_NAMES, FACE_REGIONS, NUM_CLASSES
 
 if TYPE_CHECKING:  # imported lazily: rendering faces does not need `datasets`
     import datasets
@@ -134,6 +134,11 @@ def _ell(cx: float, cy: float, rx: float, ry: float, t0: float = 0.0, t1: float 
          n: int = 40) -> np.ndarray:
     t = np.linspace(t0, t1, n, endpoint=(t1 - t0) < 2 * math.pi - 1e-6)
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
+
+
+def _arc(side: int, cx: float, cy: float, rx: float, ry: float, t0: float, t1: float, n: int = 40) -> np.ndarray:
+    """An elliptic arc drawn for the right side of the face (side=+1), mirrored about its centre for side=-1."""
+    return _ell(0.0, 0.0, rx, ry, t0, t1, n) * [side, 1] + [cx, cy]
 
 
 class _Canvas:
@@ -307,14 +312,20 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
     if rng.random() < 0.9:
         for s in (-1, 1):
             cv.fill(_ell(s * a * 0.97, -0.12, 0.09, 0.17), shade)
-            cv.line(_ell(s * a * 0.99, -0.12, 0.045, 0.1, -math.pi / 2, math.pi / 2) * [s, 1], ink * 1.6, 0.012)
+            cv.line(_arc(s, s * a * 0.99, -0.12, 0.045, 0.1, -math.pi / 2, math.pi / 2), ink * 1.6, 0.012)
     # face outline (upper half ellipse, tapered lower half to the chin)
     th = np.linspace(0, 2 * math.pi, 72, endpoint=False)
-    s = np.sin(th)
-    x = a * np.cos(th) * np.where(s > 0, 1 - taper * s ** 2, 1.0)
-    y = np.where(s > 0, s * chin, s)
-    face = np.stack([x, y], 1)
-    cv.fill(face, skin)
+    sin = np.sin(th)
+    x = a * np.cos(th) * np.where(sin > 0, 1 - taper * sin ** 2, 1.0)
+    y = np.where(sin > 0, sin * chin, sin)
+    cv.fill(np.stack([x, y], 1), skin)
+    by = rng.uniform(-0.5, -0.45)  # brow line
+    # forehead lines (under the hair)
+    if p["forehead"] > 0.05:
+        for j in range(3):
+            yy = by - 0.12 - 0.07 * j
+            arc = _ell(0, yy + 0.12, 0.32 - 0.03 * j, 0.1, 1.25 * math.pi, 1.75 * math.pi, 14)
+            cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012))], ink, min(0.7, 0.6 * p["forehead"]))
     if hair_style != "none":
         xs = np.linspace(-a * 1.08, a * 1.08, 40)
         line = hairline + (-0.25 - hairline) * np.clip(np.abs(xs) / (a * 1.02), 0, 1) ** 4
@@ -333,7 +344,6 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
     erx = rng.uniform(0.11, 0.135)
     hu0 = rng.uniform(0.05, 0.065)
     hl0 = rng.uniform(0.035, 0.048)
-    by = rng.uniform(-0.5, -0.45)
     nose_tip = rng.uniform(0.1, 0.17)
     nose_w = rng.uniform(0.06, 0.085)
     my = rng.uniform(0.42, 0.48)
@@ -376,11 +386,6 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
             gx = sg * 0.035
             cv.blend_fill([_ribbon(np.array([[gx, by + 0.03], [gx * 1.2, by + 0.1]]), np.full(2, 0.013))],
                           ink, min(0.9, p["glabella"]))
-    if p["forehead"] > 0.05:
-        for j in range(3):
-            yy = by - 0.12 - 0.07 * j
-            arc = _ell(0, yy + 0.12, 0.32 - 0.03 * j, 0.1, 1.25 * math.pi, 1.75 * math.pi, 14)
-            cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012))], ink, min(0.7, 0.6 * p["forehead"]))
 
     # --- eyes ---
     sclera = np.array([245, 243, 238]) * rng.uniform(0.9, 1.0)
@@ -431,8 +436,8 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
                            np.array([0.008, 0.02]))], ink, 0.35)
     cv.line(_ell(0, ny - 0.02, nw * 0.45, 0.035, 0.15 * math.pi, 0.85 * math.pi, 12), ink, 0.012)
     for sg in (-1, 1):
-        cv.line(_ell(sg * nw * 0.85, ny - 0.02, nw * 0.35, 0.045, -0.4 * math.pi, 0.55 * math.pi, 12)
-                * [sg, 1], ink, 0.014)
+        cv.line(_arc(sg, sg * nw * 0.85, ny - 0.02, nw * 0.35, 0.045, -0.4 * math.pi, 0.55 * math.pi, 12),
+                ink, 0.014)
         cv.fill(_ell(sg * nw * 0.45, ny + 0.005, 0.022, 0.013, n=14), ink * 0.7)
     if p["nose_wrinkle"] > 0.05:
         alpha = min(0.95, 0.8 * p["nose_wrinkle"])
@@ -484,8 +489,7 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
             cv.blend_fill([_ribbon(seg, np.full(2, 0.012))], ink, min(0.8, 0.7 * p["press"]))
     if p["dimple"] > 0.05:
         cy_ = my - (cr if side > 0 else cl)
-        arc = _ell(side * (w + 0.015), cy_ - 0.005, 0.025, 0.045, -0.5 * math.pi, 0.5 * math.pi, 10) * [side, 1]
-        arc[:, 0] = side * (w + 0.015) + (arc[:, 0] - side * (w + 0.015))
+        arc = _arc(side, side * (w + 0.015), cy_ - 0.005, 0.025, 0.045, -0.5 * math.pi, 0.5 * math.pi, 10)
         cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012))], ink, min(0.85, 0.75 * p["dimple"]))
 
     # --- jaw ---
@@ -601,7 +605,7 @@ def load_synthetic(num_train: int, num_val: int, image_size: int = 96, seed: int
         raise ValueError(f"seed must be >= 0, got {seed}")
     root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
     code = _source_hash()
-    key = f"px{image_size}_seed{seed}_train{num_train}_val{num_val}_{code}"
+    key = f"synthetic_px{image_size}_seed{seed}_train{num_train}_val{num_val}_{code}"
     features = _features()
     splits = {}
     for split, n in (("train", num_train), ("validation", num_val)):

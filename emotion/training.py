@@ -18,31 +18,35 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from emotion import checkpoint, tracking
+from emotion import card, checkpoint, tracking
 from emotion.config import TrainConfig
 from emotion.data import build_dataloader, build_transform, class_counts, class_weights, load_splits
 from emotion.errors import EmotionError
 from emotion.evaluation import compute_metrics, predict
 from emotion.labels import CLASS_NAMES
+from emotion.losses import build_criterion
 from emotion.model import build_model
+from emotion.runtime import make_accelerator
 
 # Keys that define a run: resuming with any of them changed would silently train a different model.
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "image_size", "output_stride",
-                     "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps", "seed")
+                     "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps", "seed",
+                     "soft_labels", "subset", "face_margin", "val_fraction")
 NAN_EXIT_CODE = 3
 
 
 class TrainingDiverged(EmotionError):
     """A non-finite loss or gradient norm stopped the run."""
 
+    exit_code = NAN_EXIT_CODE
 
-def build_accelerator(config: TrainConfig, output_dir: Path) -> Accelerator:
+
+def build_accelerator(config: TrainConfig, output_dir: Path):
     log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(config.report_to, [config.report_to])
-    return Accelerator(
+    return make_accelerator(
         gradient_accumulation_steps=config.grad_accum_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
@@ -99,12 +103,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     accelerator.register_for_checkpointing(scheduler)
-    criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=accelerator.device),
-                                          label_smoothing=config.label_smoothing)
+    criterion = build_criterion(torch.tensor(weights, dtype=torch.float32, device=accelerator.device),
+                                config.label_smoothing, soft=config.soft_labels)
 
+    # Everything the loop needs beyond Accelerate's own state; saved as trainer_state.json in each checkpoint.
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_complete": False,
-                             "best_accuracy": -1.0, "bad_steps": 0, "history": [], "run_id": uuid.uuid4().hex[:8],
-                             "config": config.to_dict()}
+                             "best_accuracy": -1.0, "bad_steps": 0, "epoch_loss_sum": 0.0, "epoch_loss_steps": 0,
+                             "history": [], "run_id": uuid.uuid4().hex[:8], "config": config.to_dict()}
     resumed_from = None
     if config.resume:
         found = checkpoint.resume(accelerator, output_dir, config.resume)
@@ -124,6 +129,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     try:
         for epoch in range(first_epoch, config.epochs):
             skip_steps = state["step_in_epoch"] if (epoch == state["epoch"] and not state["epoch_complete"]) else 0
+            if not skip_steps:
+                state.update(epoch_loss_sum=0.0, epoch_loss_steps=0)
             state.update(epoch=epoch, step_in_epoch=skip_steps, epoch_complete=False)
             train_loss, images, seconds = train_one_epoch(accelerator, model, optimizer, criterion, train_loader, config,
                                                           state, stop, skip_steps, steps_per_epoch, output_dir, resumed_from)
@@ -183,65 +190,67 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
     loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
     progress = tqdm(total=steps_per_epoch, initial=skip_steps, desc=f"epoch {state['epoch'] + 1}/{config.epochs}",
                     disable=not accelerator.is_local_main_process, mininterval=1 if sys.stderr.isatty() else 30)
-    loss_sum = torch.zeros((), device=accelerator.device)
-    loss_count = 0
     images = 0
-    window_bad = False
-    window_indices: list[int] = []
+    window_bad, window_loss, window_batches, window_indices = False, 0.0, 0, []
     started = time.perf_counter()
-    for batch_in_epoch, batch in enumerate(loader, start=skip_batches):
-        # Seed from the position, not the history, so a resumed run draws the same dropout masks.
-        torch.manual_seed(hash((config.seed, state["epoch"], batch_in_epoch, accelerator.process_index)) & 0x7FFF_FFFF)
-        with accelerator.accumulate(model):
-            logits = model(batch["pixel_values"])
-            loss = criterion(logits, batch["labels"])
-            if config.inject_nan_at_step is not None and state["global_step"] + 1 == config.inject_nan_at_step:
-                loss = loss * float("nan")
-            window_bad |= not bool(torch.isfinite(loss.detach()))
-            window_indices += batch["index"].tolist()
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
-                # fp16: an inf gradient with a finite loss is overflow the grad scaler skips, not a failure.
-                grad_bad = grad_norm is not None and not bool(torch.isfinite(grad_norm)) and accelerator.mixed_precision != "fp16"
-                flags = torch.tensor([float(window_bad or grad_bad), float(stop.signum)], device=accelerator.device)
-                if accelerator.num_processes > 1:
-                    flags = accelerator.reduce(flags, reduction="sum")
-                if flags[0] > 0:
-                    handle_bad_step(accelerator, optimizer, config, state, loss, grad_norm, window_indices, output_dir)
-                else:
-                    optimizer.step()
-                    loss_sum += loss.detach().float()
-                    loss_count += 1
-                optimizer.zero_grad(set_to_none=True)
-                state["global_step"] += 1
-                state["step_in_epoch"] += 1
-                window_bad, window_indices = False, []
-                progress.update(1)
-                if state["global_step"] % 10 == 0:
-                    tracking.log_step(accelerator, state["global_step"], loss.item(), optimizer.param_groups[0]["lr"])
-                if flags[1] > 0:
-                    progress.close()
-                    raise Interrupted(int(stop.signum) or 15)
-                if config.checkpoint_every_steps and state["global_step"] % config.checkpoint_every_steps == 0 \
-                        and state["step_in_epoch"] < steps_per_epoch:
-                    checkpoint.save_checkpoint(accelerator, output_dir, f"step_{state['global_step']}", state)
-                    if accelerator.is_main_process:
-                        checkpoint.prune_checkpoints(output_dir, config.keep_checkpoints, protect=resumed_from)
-        images += batch["labels"].shape[0] * accelerator.num_processes
-    progress.close()
+    try:
+        for batch_in_epoch, batch in enumerate(loader, start=skip_batches):
+            # Seed from the position, not the history, so a resumed run draws the same dropout masks.
+            torch.manual_seed(hash((config.seed, state["epoch"], batch_in_epoch, accelerator.process_index)) & 0x7FFF_FFFF)
+            with accelerator.accumulate(model):
+                logits = model(batch["pixel_values"])
+                loss = criterion(logits, batch)
+                if config.inject_nan_at_step is not None and state["global_step"] + 1 == config.inject_nan_at_step:
+                    loss = loss * float("nan")
+                window_bad |= not bool(torch.isfinite(loss.detach()))
+                window_loss += loss.detach().float()
+                window_batches += 1
+                window_indices += batch["index"].tolist()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else float("inf"))
+                    # fp16: an inf gradient with a finite loss is overflow the grad scaler skips, not a failure.
+                    grad_bad = grad_norm is not None and not bool(torch.isfinite(grad_norm)) and accelerator.mixed_precision != "fp16"
+                    # One collective per step: any rank bad, any rank signalled, and the mean loss over ranks.
+                    flags = torch.stack([torch.tensor(float(window_bad or grad_bad)), torch.tensor(float(stop.signum)),
+                                         (window_loss / window_batches).cpu()]).to(accelerator.device)
+                    if accelerator.num_processes > 1:
+                        flags = accelerator.reduce(flags, reduction="sum")
+                    step_loss = flags[2].item() / accelerator.num_processes
+                    if flags[0] > 0:
+                        handle_bad_step(accelerator, optimizer, config, state, step_loss, grad_norm, window_indices, output_dir)
+                    else:
+                        optimizer.step()
+                        state["epoch_loss_sum"] += step_loss
+                        state["epoch_loss_steps"] += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    state["global_step"] += 1
+                    state["step_in_epoch"] += 1
+                    window_bad, window_loss, window_batches, window_indices = False, 0.0, 0, []
+                    progress.update(1)
+                    if state["global_step"] % 10 == 0:
+                        tracking.log_step(accelerator, state["global_step"], step_loss, optimizer.param_groups[0]["lr"])
+                    if flags[1] > 0:
+                        raise Interrupted(int(stop.signum) or 15)
+                    if config.checkpoint_every_steps and state["global_step"] % config.checkpoint_every_steps == 0 \
+                            and state["step_in_epoch"] < steps_per_epoch:
+                        checkpoint.save_checkpoint(accelerator, output_dir, f"step_{state['global_step']}", state)
+                        if accelerator.is_main_process:
+                            checkpoint.prune_checkpoints(output_dir, config.keep_checkpoints, protect=resumed_from)
+            images += batch["labels"].shape[0] * accelerator.num_processes
+    finally:
+        progress.close()  # ends the bar's line before any message that follows
     seconds = time.perf_counter() - started
-    mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(loss_count, 1)
-    return mean_loss, images, seconds
+    return state["epoch_loss_sum"] / max(state["epoch_loss_steps"], 1), images, seconds
 
 
-def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, loss, grad_norm, indices: list[int],
+def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, loss: float, grad_norm, indices: list[int],
                     output_dir: Path) -> None:
     """Non-finite loss or gradient: write diagnostics, then stop (default) or skip up to --max-bad-steps."""
     state["bad_steps"] += 1
     diagnostics = {
         "epoch": state["epoch"] + 1, "global_step": state["global_step"] + 1, "lr": optimizer.param_groups[0]["lr"],
-        "loss": float(loss.detach().float()), "grad_norm": None if grad_norm is None else float(grad_norm),
+        "loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm),
         "batch_indices": indices, "bad_steps": state["bad_steps"], "policy": config.nan_policy,
     }
     if accelerator.is_main_process:
@@ -258,7 +267,7 @@ def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, lo
 
 
 def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, record: dict, metrics: dict) -> None:
-    """`best_model/` (config.json + model.safetensors + metrics.json), written to a temp folder then renamed."""
+    """`best_model/` (config.json + model.safetensors + metrics.json + README.md card), written to a temp folder then renamed."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = output_dir / "best_model"
@@ -268,6 +277,7 @@ def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, r
                                                             "val_balanced_accuracy": metrics["balanced_accuracy"],
                                                             "val_macro_f1": metrics["macro_f1"], "dataset": config.dataset,
                                                             "baseline_accuracy": config.baseline_accuracy})
+        card.write_model_card(tmp, card.current_command(), config.to_dict())
         checkpoint.replace_directory(tmp, final)
     accelerator.wait_for_everyone()
 

@@ -1,6 +1,7 @@
 """Split loading, class statistics and DataLoaders with per-sample seeded augmentation."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import datasets
@@ -8,8 +9,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from emotion.data.affectnet import read_affectnet
+from emotion.data.affectnet_plus import read_affectnet_plus
+from emotion.data.imagefolder import read_imagefolder
+from emotion.data.prepare import prepared_splits
 from emotion.errors import EmotionError
 from emotion.labels import NUM_CLASSES
+
+# Real sources: each reader lists records; emotion.data.prepare turns them into the cached Arrow splits.
+READERS = {"imagefolder": read_imagefolder, "affectnet": read_affectnet, "affectnet_plus": read_affectnet_plus}
 
 
 def load_splits(config) -> datasets.DatasetDict:
@@ -17,9 +25,13 @@ def load_splits(config) -> datasets.DatasetDict:
     if config.dataset == "synthetic":
         from emotion.synthetic import load_synthetic
 
+        # Rendering is CPU-bound: use every core once the set is big enough to repay the process start-up.
+        num_proc = config.num_proc or ((os.cpu_count() or 1) if config.synthetic_train >= 1000 else None)
         return load_synthetic(config.synthetic_train, config.synthetic_val, image_size=config.image_size,
-                              seed=config.seed, cache_dir=config.cache_dir)
-    raise EmotionError(f"--dataset {config.dataset} is not readable yet in this version: use --dataset synthetic")
+                              seed=config.seed, cache_dir=config.cache_dir, num_proc=num_proc)
+    if config.dataset not in READERS:
+        raise EmotionError(f"unknown --dataset {config.dataset!r}: choose synthetic, {', '.join(READERS)}")
+    return prepared_splits(config, READERS[config.dataset])
 
 
 def class_counts(split: datasets.Dataset) -> np.ndarray:
@@ -69,7 +81,10 @@ class TransformedSplit(Dataset):
         torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF)
         pixels = self.transform(row["image"])
         torch.random.set_rng_state(generator_state)
-        return {"pixel_values": pixels, "labels": int(row["label"]), "index": int(index)}
+        item = {"pixel_values": pixels, "labels": int(row["label"]), "index": int(index)}
+        if "soft_label" in row:
+            item["soft_labels"] = torch.tensor(row["soft_label"], dtype=torch.float32)
+        return item
 
 
 def build_dataloader(split: datasets.Dataset, transform: Callable, batch_size: int, train: bool,

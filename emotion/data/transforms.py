@@ -12,7 +12,7 @@ def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
         steps = [
             v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
             v2.RandomHorizontalFlip(),  # contempt is one-sided either way, so a mirror keeps every label
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2, hue=0.02),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2),  # no hue jitter: ~40% of augmentation time, little gain
         ]
     else:
         steps = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]

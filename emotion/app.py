@@ -1,0 +1,157 @@
+"""Gradio page over the demo's predictor: Photo, Webcam and Batch tabs (`emotion-app --model DIR`, `python -m emotion.app`).
+
+Detection, preprocessing, the model call, smoothing, the overlay and the explanation all come from `emotion.demo`;
+this module only turns its `FaceResult`s into page components. The page loads nothing from the internet:
+analytics off and system fonts instead of the theme's Google Fonts.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from emotion.demo import FaceResult, FaceTracker, Predictor, crop, draw_attention, draw_overlay, process_frame
+from emotion.labels import CLASS_NAMES, FACE_REGIONS
+
+NO_MODEL = ("no model given: make one with `make quickstart` (writes results/quickstart/best_model), "
+            "then run `emotion-app --model results/quickstart/best_model`")
+NO_FACE = "No face found in this photo: try a frontal, well-lit face that fills more of the picture."
+NO_IMAGE = "Upload or paste a photo."
+TABLE_HEADERS = ["file", "face", "label", "confidence", "explanation", *FACE_REGIONS]
+WEBCAM_DETECT_EVERY = 3  # as the demo: detect every few frames, track in between
+WEBCAM_INTERVAL_S = 0.25
+
+
+def _rgb(image_bgr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image_bgr[:, :, ::-1])
+
+
+def face_row(file: str, index: int, face: FaceResult) -> list[Any]:
+    weights = face.explanation.region_weights
+    return [file, index, face.label, round(float(face.confidence), 4), face.explanation.phrase,
+            *(round(float(weights[r]), 3) for r in FACE_REGIONS)]
+
+
+def describe(faces: Sequence[FaceResult]) -> str:
+    """One line per face: label, confidence, the phrase and the region weights behind it."""
+    return "\n".join(
+        f"Face {i}: {f.label} {f.confidence:.0%} | {f.explanation.phrase} | region weights: "
+        + ", ".join(f"{r} {f.explanation.region_weights[r]:.2f}" for r in FACE_REGIONS)
+        for i, f in enumerate(faces, start=1))
+
+
+def analyse_photo(predictor: Predictor, image_rgb: np.ndarray | None):
+    """Photo tab: (annotated image, class probabilities of face 1, heatmaps, summary, table rows)."""
+    if image_rgb is None:
+        return None, None, [], NO_IMAGE, []
+    image = np.ascontiguousarray(image_rgb[:, :, :3][:, :, ::-1])  # drop alpha; the demo works in BGR
+    faces = sorted(predictor.predict(image), key=lambda f: -f.box[2] * f.box[3])  # largest face first
+    if not faces:
+        return image_rgb, None, [], NO_FACE, []
+    heat = image.copy()
+    for face in faces:
+        draw_attention(heat, face)
+    heatmaps = [(_rgb(crop(heat, f.crop_box)), f"face {i}: {f.label}") for i, f in enumerate(faces, start=1)]
+    probabilities = {name: float(p) for name, p in zip(CLASS_NAMES, faces[0].probabilities)}
+    rows = [face_row("photo", i, f) for i, f in enumerate(faces, start=1)]
+    return _rgb(draw_overlay(image, faces)), probabilities, heatmaps, describe(faces), rows
+
+
+def analyse_frame(predictor: Predictor, frame_rgb: np.ndarray | None, state: dict | None):
+    """Webcam tab, one streamed frame: the demo's detect-or-track, classify, smooth and draw."""
+    state = state or {"tracker": FaceTracker(), "index": 0}
+    if frame_rgb is None:
+        return None, "", state
+    frame = np.ascontiguousarray(frame_rgb[:, :, :3][:, :, ::-1])
+    faces, annotated = process_frame(predictor, state["tracker"], frame, detect=state["index"] % WEBCAM_DETECT_EVERY == 0)
+    state["index"] += 1
+    return _rgb(annotated), describe(faces) or "No face in view.", state
+
+
+def analyse_files(predictor: Predictor, paths: Sequence[str] | None, out_dir: Path | None = None):
+    """Batch tab: (table rows, CSV path, status line); an unreadable file or a photo without faces is a row, not an error."""
+    rows: list[list[Any]] = []
+    for path in paths or []:
+        name = Path(path).name
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            rows.append([name, 0, "unreadable", None, "not an image OpenCV can decode (use jpg/png/bmp/webp)", *[None] * len(FACE_REGIONS)])
+            continue
+        faces = predictor.predict(image)
+        if not faces:
+            rows.append([name, 0, "no face", None, NO_FACE, *[None] * len(FACE_REGIONS)])
+        rows += [face_row(name, i, f) for i, f in enumerate(faces, start=1)]
+    if not rows:
+        return [], None, "Upload one or more photos."
+    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="emotion-batch-"))
+    final = out_dir / "predictions.csv"
+    tmp = out_dir / ".predictions.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        csv.writer(handle).writerows([TABLE_HEADERS, *rows])
+    os.replace(tmp, final)
+    faces = sum(1 for r in rows if r[1])
+    return rows, str(final), f"{len(paths)} files, {faces} faces."
+
+
+def build_app(predictor: Predictor, model_name: str = ""):
+    import gradio as gr
+
+    with gr.Blocks(title="emotion: facial-expression recognizer", analytics_enabled=False) as app:
+        gr.Markdown(f"# Facial-expression recognizer\nModel: `{model_name}`. It reads facial **expressions**, not "
+                    "felt emotions; not for decisions about people.")
+        with gr.Tab("Photo"):
+            with gr.Row():
+                photo = gr.Image(label="Photo", sources=["upload", "clipboard"], type="numpy", elem_id="photo-input")
+                annotated = gr.Image(label="Faces", type="numpy", interactive=False, elem_id="photo-output")
+            summary = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="photo-summary")
+            with gr.Row():
+                probabilities = gr.Label(label="Probabilities (face 1)", num_top_classes=len(CLASS_NAMES), elem_id="photo-probabilities")
+                heatmaps = gr.Gallery(label="Attention (red: most attended)", columns=3, height=260, elem_id="photo-heatmaps")
+            regions = gr.Dataframe(headers=TABLE_HEADERS, label="Per face: explanation and region weights", interactive=False)
+            photo.change(lambda image: analyse_photo(predictor, image), inputs=photo,
+                         outputs=[annotated, probabilities, heatmaps, summary, regions])
+        with gr.Tab("Webcam"):
+            state = gr.State(None)
+            with gr.Row():
+                camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy")
+                live = gr.Image(label="Faces (smoothed across frames)", type="numpy", interactive=False)
+            live_summary = gr.Textbox(label="Result", lines=2, interactive=False)
+            camera.stream(lambda frame, s: analyse_frame(predictor, frame, s), inputs=[camera, state],
+                          outputs=[live, live_summary, state], stream_every=WEBCAM_INTERVAL_S)
+        with gr.Tab("Batch"):
+            files = gr.File(label="Photos", file_count="multiple", file_types=["image"], type="filepath")
+            status = gr.Textbox(label="Status", interactive=False, elem_id="batch-status")
+            table = gr.Dataframe(headers=TABLE_HEADERS, label="Results", interactive=False, elem_id="batch-table")
+            download = gr.File(label="CSV", interactive=False)
+            files.change(lambda paths: analyse_files(predictor, paths), inputs=files, outputs=[table, download, status])
+    return app
+
+
+def offline_theme():
+    """The default theme with system fonts: the stock one fetches Google Fonts, which the page must not load."""
+    import gradio as gr
+
+    system = ["ui-sans-serif", "system-ui", "sans-serif"]
+    return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
+
+
+def launch(model: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, detector_model: str | None = None,
+           block: bool = True):
+    """Serve the page; with block=False return (app, url) and leave the server running in a thread."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app = build_app(Predictor.from_model_dir(model, detector_model), model_name=str(model))
+    # show_error: an upload Gradio itself cannot decode gets its one-line reason on the page, never a traceback.
+    _, url, _ = app.launch(server_name=host, server_port=port, share=share, theme=offline_theme(), show_error=True,
+                           prevent_thread_lock=not block, quiet=not block)
+    return app, url
+
+
+if __name__ == "__main__":
+    from emotion.cli import app_main
+
+    raise SystemExit(app_main())

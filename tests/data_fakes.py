@@ -1,0 +1,132 @@
+"""Miniature versions of the real data-set layouts, written on the fly: a few dozen images plus bad files of each kind."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from emotion.config import TrainConfig
+
+
+def picture(rng: np.random.Generator, width: int = 40, height: int = 40) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def save(image: Image.Image, path: Path, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+    return path
+
+
+def write_bad_files(folder: Path, rng: np.random.Generator) -> dict[str, Path]:
+    """One file of each broken kind (skipped) and of each odd-but-usable kind (converted)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    picture(rng).save(buffer, format="JPEG")
+    files = {"empty_file": folder / "empty.jpg", "truncated": folder / "truncated.jpg", "undecodable": folder / "garbage.jpg"}
+    files["empty_file"].write_bytes(b"")
+    files["truncated"].write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    files["undecodable"].write_bytes(b"this is not an image" * 10)
+    files["grayscale"] = save(picture(rng).convert("L"), folder / "grey.png")
+    files["cmyk"] = save(picture(rng).convert("CMYK"), folder / "cmyk.jpg")
+    files["alpha"] = save(picture(rng).convert("RGBA"), folder / "rgba.png")
+    files["16bit"] = save(Image.fromarray(rng.integers(0, 65535, (40, 40), dtype=np.uint16)), folder / "deep.png")
+    return files
+
+
+def make_imagefolder(root: Path, per_class: int = 4, with_splits: bool = True, seed: int = 0) -> Path:
+    """FER-style export: 7 classes under alias names (no contempt), bad files inside the 'happiness' train folder."""
+    rng = np.random.default_rng(seed)
+    names = ["neutral", "happiness", "Sadness", "surprised", "fearful", "disgust", "angry"]
+    for name in names:
+        if with_splits:
+            for split, n in (("train", per_class), ("test", 2)):
+                for i in range(n):
+                    save(picture(rng, 48, 48), root / split / name / f"{i}.jpg")
+        else:
+            for i in range(per_class):
+                save(picture(rng, 48, 48), root / name / f"{i}.png")
+    write_bad_files(root / "train" / "happiness" if with_splits else root / "happiness", rng)
+    return root
+
+
+AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+                    "expression", "valence", "arousal"]
+
+
+def make_affectnet(root: Path, seed: int = 0) -> tuple[Path, dict]:
+    """Full photos (80 x 60) with face boxes; rows for every class 0-10 plus bad rows. Returns root and expectations."""
+    rng = np.random.default_rng(seed)
+    images = root / "Manually_Annotated_Images"
+    rows, expected = [], {"train_per_class": [0] * 8, "excluded": {"none": 0, "uncertain": 0, "no_face": 0}}
+    for i, label in enumerate([0, 1, 2, 3, 4, 5, 6, 7] * 3 + [8, 9, 10]):
+        relative = f"{i % 3}/img{i}.jpg"
+        save(picture(rng, 80, 60), images / relative)
+        box = (10 + i % 5, 8, 30, 34) if i % 4 else (60, 40, 30, 30)  # every 4th box runs past the photo's edge
+        rows.append([relative, *box, "1;2;3", label, "0.1", "0.2"])
+        if label < 8:
+            expected["train_per_class"][label] += 1
+        else:
+            expected["excluded"][{8: "none", 9: "uncertain", 10: "no_face"}[label]] += 1
+    bad = write_bad_files(images / "bad", rng)
+    for kind, path in bad.items():
+        rows.append([str(path.relative_to(images)), 2, 2, 30, 30, "", 1, 0, 0])
+        if kind in ("grayscale", "cmyk", "alpha", "16bit"):
+            expected["train_per_class"][1] += 1
+    rows.append(["9/missing.jpg", 5, 5, 20, 20, "", 2, 0, 0])                  # missing file
+    rows.append([rows[0][0], 500, 500, 20, 20, "", 3, 0, 0])                    # box outside the photo
+    rows.append([rows[0][0], 5, 5, 20, 20, "", 42, 0, 0])                       # label out of range
+    rows.append([rows[0][0], "x", 5, 20, 20, "", 3, 0, 0])                      # unparsable box
+    rows.append([rows[0][0], 5, 5])                                             # too few columns
+    write_csv(root / "training.csv", AFFECTNET_HEADER, rows)
+    val_rows = []
+    for i, label in enumerate(range(8)):
+        relative = f"val/v{i}.jpg"
+        save(picture(rng, 80, 60), images / relative)
+        val_rows.append([relative, 20, 10, 30, 30, "", label, 0, 0])
+    write_csv(root / "validation.csv", None, val_rows)  # the release's validation list has no header row
+    return root, expected
+
+
+def write_csv(path: Path, header: list[str] | None, rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+
+
+def make_affectnet_plus(root: Path, hard_key: str = "human-label", soft_key: str = "soft-label",
+                        subset_key: str | None = "subset", seed: int = 0) -> Path:
+    """human_annotated/{train_set,validation_set}/{images,annotations}; soft labels peaked on the hard label."""
+    rng = np.random.default_rng(seed)
+    subsets = ("easy", "challenging", "difficult")
+    for split, n in (("train_set", 24), ("validation_set", 8)):
+        folder = root / "human_annotated" / split
+        for i in range(n):
+            label = i % 8
+            save(picture(rng, 32, 32), folder / "images" / f"{i}.jpg")
+            soft = rng.random(8) * 0.2
+            soft[label] += 1.0
+            data = {hard_key: label, soft_key: [float(p) for p in soft * 3]}  # unnormalised on purpose
+            if subset_key:
+                data[subset_key] = subsets[i % 3]
+            (folder / "annotations").mkdir(parents=True, exist_ok=True)
+            (folder / "annotations" / f"{i}.json").write_text(json.dumps(data))
+    train = root / "human_annotated" / "train_set"
+    (train / "annotations" / "100.json").write_text(json.dumps({hard_key: 9, soft_key: [0.125] * 8}))  # uncertain
+    (train / "annotations" / "101.json").write_text("{not json")
+    (train / "annotations" / "102.json").write_text(json.dumps({"other": 1}))
+    (train / "annotations" / "103.json").write_text(json.dumps({hard_key: 2, soft_key: [1, 2]}))
+    (train / "annotations" / "104.json").write_text(json.dumps({hard_key: 3, soft_key: [0.125] * 8}))  # no image
+    return root
+
+
+def config(dataset: str, data_dir: Path, cache_dir: Path, **overrides) -> TrainConfig:
+    return TrainConfig(**{"dataset": dataset, "data_dir": str(data_dir), "cache_dir": str(cache_dir), "image_size": 32,
+                          "num_proc": 1, **overrides})
