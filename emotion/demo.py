@@ -344,12 +344,13 @@ def draw_overlay(frame: np.ndarray, faces: Sequence[FaceResult], show_attention:
         colour = (0, 200, 0) if face.explanation.supported else (0, 165, 255)
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
         _text(out, f"{face.label} {face.confidence:.0%}", (x, max(line, y - 8)), scale * 1.2, colour)
-        _text(out, face.explanation.phrase, (x, min(H - 4, y + h + line)), scale)
-        bar_x = x + w + 8 if x + w + 8 + 140 < W else max(0, x - 148)
+        bar_x, step = (x + w + 8 if x + w + 8 + 140 < W else max(0, x - 148)), int(line * 0.8)
         for i, (name, p) in enumerate(zip(names, face.probabilities)):
-            by = y + i * int(line * 0.8)
+            by = y + i * step
             cv2.rectangle(out, (bar_x + 62, by + 2), (bar_x + 62 + int(76 * float(p)), by + int(line * 0.6)), colour, -1)
             _text(out, name[:8], (bar_x, by + int(line * 0.6)), scale * 0.75)
+        # below the box and the bars, which the phrase is often wider than
+        _text(out, face.explanation.phrase, (x, min(H - 4, max(y + h, y + len(names) * step) + line)), scale)
     if fps is not None:
         _text(out, f"{fps:.1f} FPS", (8, line), scale * 1.2, (0, 255, 255))
     return out
@@ -388,9 +389,10 @@ def _capture_frames(capture: cv2.VideoCapture, stem: str) -> Iterator[tuple[str,
 def open_source(source: str) -> FrameSource:
     """A camera index ('0'), a video file, an image file or a folder of images."""
     if source.isdigit():
-        previous = cv2.setLogLevel(0)  # OpenCV's own multi-line camera warnings would bury our one line
+        previous = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its camera warnings would bury our one line
         capture = cv2.VideoCapture(int(source))
-        cv2.setLogLevel(previous)
+        cv2.utils.logging.setLogLevel(previous)
         if not capture.isOpened():
             raise EmotionError(f"no camera at index {source}: connect one, or pass --source video.mp4, image.jpg or a folder")
         return FrameSource("camera", capture.get(cv2.CAP_PROP_FPS) or 30.0, _capture_frames(capture, f"camera{source}"))
@@ -559,3 +561,19 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
             cv2.destroyAllWindows()
     stats.timings = dict(predictor.timings)
     return stats
+
+
+def synthetic_agreement(predictor: Predictor, per_class: int = 25, seed: int = 0) -> dict[str, float | None]:
+    """How often a face's top attention region is one the synthetic generator changed for its class (per class)."""
+    from emotion.explain import agreement_by_class
+    from emotion.synthetic import render_face
+
+    size = int(predictor.runner.config["image_size"])
+    tops, labels, truth = [], [], []
+    for label in range(len(predictor.runner.config["class_names"])):
+        for i in range(per_class):
+            rgb, regions, _ = render_face(label, np.random.default_rng([seed, 99, label, i]), size)
+            tops.append(predictor.classify_crops([rgb[:, :, ::-1]])[0].explanation.top_region)
+            labels.append(label)
+            truth.append(regions)
+    return agreement_by_class(tops, labels, truth)
