@@ -30,7 +30,7 @@ from emotion.evaluation import compute_metrics, predict
 from emotion.labels import CLASS_NAMES
 from emotion.losses import build_criterion
 from emotion.model import build_model, speed_up
-from emotion.runtime import make_accelerator
+from emotion.runtime import make_accelerator, share_cpu_cores
 
 # Keys that define a run: resuming with any of them changed would silently train a different model.
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "image_size", "output_stride",
@@ -95,6 +95,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     output_dir = config.resolved_output_dir()
     accelerator = build_accelerator(config, output_dir)
     set_seed(config.seed)
+    share_cpu_cores(accelerator, config.num_workers)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         config.save(output_dir / "config.json")
