@@ -97,7 +97,7 @@ _EXPRESSIONS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
               dict(brow_y=0.04, brow_inner_y=0.08, brow_inner_x=0.04, glabella=1.0, eye_upper=-0.45,
                    eye_lower=-0.35, lid_slant=1.0, mouth_w=-0.15, lip_thin=0.65, press=1.0,
                    chin_crease=1.0, jaw_square=1.0)),
-    "contempt": (("mouth",), dict(corner_one=0.11, dimple=1.0, lip_thin=0.15)),
+    "contempt": (("mouth",), dict(corner_one=0.16, dimple=1.0, lip_thin=0.15)),
 }
 
 if set(_EXPRESSIONS) != set(CLASS_NAMES):  # pragma: no cover - guards edits of labels.py
