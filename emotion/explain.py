@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from emotion.labels import ACTION_PROTOTYPES, CLASS_NAMES, FACE_REGIONS, NUM_CLASSES
+from emotion.labels import ACTION_PROTOTYPES, CLASS_NAMES, FACE_REGIONS, NUM_CLASSES, ONE_SIDED_CLASSES
 
 # Canonical face-crop layout: region -> rectangles (x0, y0, x1, y1) as fractions of the crop side.
 REGION_LAYOUT: dict[str, tuple[tuple[float, float, float, float], ...]] = {
@@ -44,8 +44,6 @@ ACTION_UNITS: dict[int, tuple[str, str, str]] = {
     23: ("lip tightener", "mouth", "Lips Tight"),
     26: ("jaw drop", "jaw", "Jaw Dropped"),
 }
-# Contempt's actions are one-sided: the phrase says so.
-ONE_SIDED_CLASSES = ("contempt",)
 
 if set(ACTION_PROTOTYPES) != set(CLASS_NAMES) or not {au for p in ACTION_PROTOTYPES.values() for au in p} <= set(ACTION_UNITS):
     raise RuntimeError("ACTION_PROTOTYPES in labels.py must cover every class with known action units")  # pragma: no cover

@@ -19,6 +19,8 @@ ALIASES: dict[str, str] = {
 
 # Facial regions the explanation speaks about, top of the face to the bottom.
 FACE_REGIONS: tuple[str, ...] = ("brows", "eyes", "nose", "cheeks", "mouth", "jaw")
+# Classes whose prototype acts on one side of the face only (contempt: one lip corner).
+ONE_SIDED_CLASSES: tuple[str, ...] = ("contempt",)
 
 
 def canonical_label(name: str) -> int | None:
