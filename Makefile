@@ -9,8 +9,13 @@ BENCH_ARGS ?= --preset cpu
 
 install: $(VENV)/.installed
 
+# The quickstart needs only the package; the tests add the `dev` extra (pytest, scikit-image, playwright).
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
@@ -19,7 +24,7 @@ quickstart: install
 	$(PY) train_accelerate.py --preset cpu --output-dir $(RUN)
 	$(PY) eval_accelerate.py --model $(RUN)/best_model --output-dir $(RUN)/eval
 
-test: install
+test: $(VENV)/.installed-dev
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
 # Throughput table for this machine (docs/benchmarks.md); BENCH_ARGS="--preset b4 --precision bf16" on a GPU.
