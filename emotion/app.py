@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from emotion.demo import FaceResult, FaceTracker, Predictor, crop, draw_attention, draw_overlay, process_frame
+from emotion.demo import FaceResult, Predictor, crop, draw_attention, draw_overlay, process_frame
 from emotion.labels import CLASS_NAMES, FACE_REGIONS
 
 NO_MODEL = ("no model given: make one with `make quickstart` (writes results/quickstart/best_model), "
@@ -64,7 +64,7 @@ def analyse_photo(predictor: Predictor, image_rgb: np.ndarray | None):
 
 def analyse_frame(predictor: Predictor, frame_rgb: np.ndarray | None, state: dict | None):
     """Webcam tab, one streamed frame: the demo's detect-or-track, classify, smooth and draw."""
-    state = state or {"tracker": FaceTracker(), "index": 0}
+    state = state or {"tracker": predictor.new_tracker(), "index": 0}
     if frame_rgb is None:
         return None, "", state
     frame = np.ascontiguousarray(frame_rgb[:, :, :3][:, :, ::-1])

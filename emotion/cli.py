@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emotion.config import DATASETS, TrainConfig, add_config_arguments, config_from_args
+from emotion.config import DATASETS, TrainConfig, parse_bool, add_config_arguments, config_from_args
 from emotion.errors import cli_main
 
 
@@ -198,6 +198,9 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-display", dest="display", action="store_false", help="headless: do not open a window")
     parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
     parser.add_argument("--detect-every", type=int, default=3, help="run the face detector every N frames, track in between")
+    parser.add_argument("--background-detection", type=parse_bool, default=None, metavar="BOOL",
+                        help="run the face detector on its own thread and core, off the frame loop "
+                             "(default: true for a camera, false for files, whose output then repeats exactly)")
     parser.add_argument("--smoothing", type=float, default=0.5, help="weight of the newest frame in the smoothed probabilities (1 = none)")
     parser.add_argument("--no-attention", dest="attention", action="store_false", help="start with the attention heatmap off")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
@@ -211,7 +214,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     args = demo_parser().parse_args(argv)
     stats = run(args.source, args.model, output=args.output, json_path=args.json, display=args.display,
                 detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.attention,
-                smoothing=args.smoothing, max_frames=args.max_frames)
+                smoothing=args.smoothing, max_frames=args.max_frames, background_detection=args.background_detection)
     print(f"{stats.frames} frames, {stats.faces} faces, {stats.fps:.1f} FPS (detect + classify + overlay)"
           + (f", annotated output in {args.output}" if args.output else "") + (f", records in {args.json}" if args.json else ""))
     return 0

@@ -108,7 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -123,7 +123,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default = f.default
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         if f.type in ("bool", "bool | None"):
-            parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
+            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL", help=help_text)
         else:
             kind = {"int": int, "int | None": int, "float": float}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=None, help=help_text)

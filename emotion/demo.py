@@ -17,7 +17,8 @@ import os
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
@@ -25,7 +26,7 @@ import cv2
 import numpy as np
 
 from emotion.errors import EmotionError
-from emotion.explain import MIN_CONFIDENCE, Explanation, explain
+from emotion.explain import MIN_CONFIDENCE, Explanation, baseline_weights, explain
 
 Box = tuple[int, int, int, int]  # x, y, width, height in frame pixels
 
@@ -88,6 +89,46 @@ def build_detector(model_path: str | None = None) -> FaceDetector:
     return DnnDetector(model_path) if model_path else HaarDetector()
 
 
+class BackgroundDetector:
+    """A detector on its own thread, so the frame loop never waits for it (OpenCV releases the GIL while it detects).
+
+    Each frame, `latest(frame, start)` returns the boxes of a detection that finished since the last call (None
+    when none did) and, when `start` and the detector is idle, hands it this frame. The boxes lag the frame by
+    one detection (a Haar pass: ~15 ms); the tracker carries the faces in between. It needs a free core: on two
+    cores the model gets one thread (see `run`).
+    """
+
+    def __init__(self, detector: FaceDetector) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.detector = detector
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detector")
+        self.pending = None
+        self.seconds = 0.0  # detector time spent off the frame loop (real CPU time, just not on the critical path)
+        self.detections = 0
+
+    def _detect(self, frame: np.ndarray) -> list[Box]:
+        start = time.perf_counter()
+        boxes = self.detector.detect(frame)
+        self.seconds += time.perf_counter() - start
+        self.detections += 1
+        return boxes
+
+    def latest(self, frame: np.ndarray, start: bool = True, wait: bool = False) -> list[Box] | None:
+        """Boxes of a detection finished since the last call (or None); `wait` blocks for one (nothing is tracked)."""
+        fresh = None
+        if self.pending is not None and (wait or self.pending.done()):
+            fresh, self.pending = self.pending.result(), None
+        if start and self.pending is None:
+            self.pending = self.pool.submit(self._detect, frame.copy())  # the loop draws on its frame meanwhile
+            if wait and fresh is None:
+                fresh, self.pending = self.pending.result(), None
+        return fresh
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def crop_box(box: Box, margin: float = DEFAULT_MARGIN) -> Box:
     """The square crop around a face box, `margin` of its side added on every side."""
     x, y, w, h = box
@@ -143,15 +184,13 @@ class Preprocessor:
     """BGR face crops -> the normalised float batch the model was trained on (training's eval transform)."""
 
     def __init__(self, config: dict) -> None:
-        from emotion.data.transforms import build_transform
-
         self.image_size = int(config["image_size"])
-        self.transform = build_transform(self.image_size, config["mean"], config["std"], train=False)
+        self.mean, self.std = config["mean"], config["std"]
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        from PIL import Image
+        from emotion.data.transforms import eval_preprocess
 
-        return np.stack([self.transform(Image.fromarray(np.ascontiguousarray(c[:, :, ::-1]))).numpy() for c in crops])
+        return eval_preprocess([cv2.cvtColor(c, cv2.COLOR_BGR2RGB) for c in crops], self.image_size, self.mean, self.std)
 
 
 @dataclass
@@ -162,7 +201,7 @@ class FaceResult:
     label: str
     confidence: float
     attention: np.ndarray      # (H, W), sums to 1
-    explanation: Explanation
+    explanation: Explanation | None  # None from classify(explained=False): the tracker explains the smoothed result
     track_id: int | None = None
 
     def to_dict(self) -> dict:
@@ -180,23 +219,30 @@ class FaceResult:
 
 
 def make_result(box: Box, box_crop: Box, probabilities: np.ndarray, attention: np.ndarray,
-                min_confidence: float = MIN_CONFIDENCE, track_id: int | None = None) -> FaceResult:
-    why = explain(probabilities, attention, min_confidence=min_confidence)
+                min_confidence: float = MIN_CONFIDENCE, track_id: int | None = None,
+                baseline: dict[str, float] | None = None) -> FaceResult:
+    why = explain(probabilities, attention, min_confidence=min_confidence, baseline=baseline)
     return FaceResult(box, box_crop, np.asarray(probabilities, np.float32), why.label, why.confidence,
                       np.asarray(attention, np.float32), why, track_id)
 
 
 class Predictor:
-    """Image in, one `FaceResult` per face out. Preprocessing comes from the runner's saved model config."""
+    """Image in, one `FaceResult` per face out. Preprocessing comes from the runner's saved model config, and so
+    does the explanations' baseline (the model's attention on neutral faces, when training recorded it)."""
 
     def __init__(self, runner, detector: FaceDetector | None = None, margin: float = DEFAULT_MARGIN,
                  min_confidence: float = MIN_CONFIDENCE) -> None:
         self.runner = runner
         self.detector = detector if detector is not None else HaarDetector()
         self.preprocess = Preprocessor(runner.config)
+        self.baseline = baseline_weights(runner.config.get("attention_prior"))
         self.margin = margin
         self.min_confidence = min_confidence
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
+
+    def new_tracker(self, **kwargs) -> "FaceTracker":
+        """A tracker whose smoothed results are explained the way this predictor explains them."""
+        return FaceTracker(min_confidence=self.min_confidence, baseline=self.baseline, **kwargs)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, detector_model: str | None = None, **kwargs) -> "Predictor":
@@ -215,22 +261,26 @@ class Predictor:
         """Detect every face in a BGR image and classify each."""
         return self.classify(image, self.detect(image))
 
-    def classify(self, image: np.ndarray, boxes: Sequence[Box]) -> list[FaceResult]:
+    def classify(self, image: np.ndarray, boxes: Sequence[Box], explained: bool = True) -> list[FaceResult]:
         """Classify given face boxes of a BGR image (each cropped square with the margin)."""
         squares = [crop_box(b, self.margin) for b in boxes]
-        return self._run(list(boxes), squares, [crop(image, s) for s in squares])
+        return self._run(list(boxes), squares, [crop(image, s) for s in squares], explained)
 
     def classify_crops(self, crops: Sequence[np.ndarray]) -> list[FaceResult]:
         """Classify BGR images that already are face crops in the canonical layout (e.g. synthetic faces)."""
         boxes = [(0, 0, c.shape[1], c.shape[0]) for c in crops]
         return self._run(boxes, boxes, list(crops))
 
-    def _run(self, boxes: list[Box], squares: list[Box], crops: list[np.ndarray]) -> list[FaceResult]:
+    def _run(self, boxes: list[Box], squares: list[Box], crops: list[np.ndarray], explained: bool = True) -> list[FaceResult]:
         if not crops:
             return []
         batch = self._timed("preprocess", self.preprocess, crops)
         probabilities, attention = self._timed("model", self.runner, batch)
-        return self._timed("explain", lambda: [make_result(b, s, p, a, self.min_confidence)
+        if not explained:
+            names = self.runner.config["class_names"]
+            return [FaceResult(b, s, p, names[int(p.argmax())], float(p.max()), a, None)
+                    for b, s, p, a in zip(boxes, squares, probabilities, attention)]
+        return self._timed("explain", lambda: [make_result(b, s, p, a, self.min_confidence, baseline=self.baseline)
                                                for b, s, p, a in zip(boxes, squares, probabilities, attention)])
 
 
@@ -263,6 +313,7 @@ class FaceTracker:
     smoothing: float = 0.5
     max_missed: int = 5
     min_confidence: float = MIN_CONFIDENCE
+    baseline: dict[str, float] | None = None  # explanations' baseline (Predictor.baseline)
     tracks: list[_Track] = field(default_factory=list)
     next_id: int = 1
 
@@ -273,7 +324,7 @@ class FaceTracker:
         return [t.face.box for t in self.tracks]
 
     def update(self, faces: Sequence[FaceResult]) -> list[FaceResult]:
-        """The smoothed result of each face, in input order, each with its track id."""
+        """The smoothed and explained result of each face, in input order, each with its track id."""
         pairs = sorted(((iou(t.face.box, f.box), ti, fi) for ti, t in enumerate(self.tracks) for fi, f in enumerate(faces)),
                        reverse=True)
         matched: dict[int, int] = {}
@@ -292,10 +343,11 @@ class FaceTracker:
                 a = self.smoothing
                 probs = a * face.probabilities + (1 - a) * track.face.probabilities
                 attention = a * face.attention + (1 - a) * track.face.attention if face.attention.shape == track.face.attention.shape else face.attention
-                track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id)
+                track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id, self.baseline)
                 track.missed = 0
             else:
-                track = _Track(self.next_id, replace(face, track_id=self.next_id))
+                track = _Track(self.next_id, make_result(face.box, face.crop_box, face.probabilities, face.attention,
+                                                         self.min_confidence, self.next_id, self.baseline))
                 self.next_id += 1
                 self.tracks.append(track)
             out.append(track.face)
@@ -307,11 +359,47 @@ class FaceTracker:
 # Overlay
 # ------------------------------------------------------------------------------------------------
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+_JET = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[None, :], cv2.COLORMAP_JET)  # (1, 256, 3) lookup table
 
 
-def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, colour=(255, 255, 255)) -> None:
-    cv2.putText(img, text, org, _FONT, scale, (0, 0, 0), 3, cv2.LINE_AA)  # dark outline: readable on any background
-    cv2.putText(img, text, org, _FONT, scale, colour, 1, cv2.LINE_AA)
+@lru_cache(maxsize=1024)
+def _text_sprite(lines: tuple[str, ...], scale: float, colour: tuple[int, int, int], step: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rendered text with a dark outline, one line per `step` pixels: (BGR patch, mask, ascent).
+
+    Text is drawn once and copied through its mask thereafter: anti-aliased putText costs ~0.06 ms a call,
+    and the overlay draws 11 of them per face, more than a small model's whole budget beyond its forward pass.
+    """
+    sizes = [cv2.getTextSize(line, _FONT, scale, 3) for line in lines]
+    ascent = max(size[0][1] for size in sizes) + 2
+    width = max(size[0][0] for size in sizes) + 4
+    height = ascent + step * (len(lines) - 1) + max(size[1] for size in sizes) + 2
+    patch = np.zeros((height, width, 3), np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    for i, line in enumerate(lines):
+        org = (2, ascent + i * step)
+        cv2.putText(patch, line, org, _FONT, scale, (0, 0, 0), 3, cv2.LINE_AA)  # dark outline: readable on any background
+        cv2.putText(patch, line, org, _FONT, scale, colour, 1, cv2.LINE_AA)
+        cv2.putText(mask, line, org, _FONT, scale, 255, 3, cv2.LINE_AA)
+    return patch, (mask >= 64).astype(np.uint8), ascent
+
+
+def _blit(img: np.ndarray, patch: np.ndarray, mask: np.ndarray, x: int, y: int) -> None:
+    """Copy the `mask`ed pixels of `patch` into `img` with its top-left corner at (x, y), clipped to the image."""
+    H, W = img.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + patch.shape[1], W), min(y + patch.shape[0], H)
+    if x1 <= x0 or y1 <= y0:
+        return
+    if (x0, y0, x1, y1) != (x, y, x + patch.shape[1], y + patch.shape[0]):
+        patch, mask = (np.ascontiguousarray(a[y0 - y:y1 - y, x0 - x:x1 - x]) for a in (patch, mask))
+    cv2.copyTo(patch, mask, img[y0:y1, x0:x1])
+
+
+def _text(img: np.ndarray, text: str | Sequence[str], org: tuple[int, int], scale: float, colour=(255, 255, 255),
+          step: int = 0) -> None:
+    """Text with its first baseline at `org` (as cv2.putText); several lines go `step` pixels apart."""
+    lines = (text,) if isinstance(text, str) else tuple(text)
+    patch, mask, ascent = _text_sprite(lines, round(scale, 3), tuple(int(c) for c in colour), step)
+    _blit(img, patch, mask, org[0] - 2, org[1] - ascent)
 
 
 def draw_attention(frame: np.ndarray, face: FaceResult, alpha: float = 0.45) -> None:
@@ -321,19 +409,21 @@ def draw_attention(frame: np.ndarray, face: FaceResult, alpha: float = 0.45) -> 
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
     if x1 <= x0 or y1 <= y0:
         return
-    att = face.attention / max(float(face.attention.max()), 1e-12)
-    heat = cv2.applyColorMap((cv2.resize(att, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8),
-                             cv2.COLORMAP_JET)[y0 - y:y1 - y, x0 - x:x1 - x]
-    frame[y0:y1, x0:x1] = cv2.addWeighted(heat, alpha, frame[y0:y1, x0:x1], 1 - alpha, 0)
+    att = (face.attention * (255 / max(float(face.attention.max()), 1e-12))).astype(np.uint8)
+    colours = cv2.LUT(cv2.cvtColor(att, cv2.COLOR_GRAY2BGR), _JET)  # JET at grid size, then smoothly enlarged
+    heat = cv2.resize(colours, (w, h), interpolation=cv2.INTER_CUBIC)[y0 - y:y1 - y, x0 - x:x1 - x]
+    roi = frame[y0:y1, x0:x1]
+    cv2.addWeighted(heat, alpha, roi, 1 - alpha, 0, dst=roi)
 
 
 def draw_overlay(frame: np.ndarray, faces: Sequence[FaceResult], show_attention: bool = True,
-                 fps: float | None = None, class_names: Sequence[str] | None = None) -> np.ndarray:
-    """An annotated copy of a BGR frame: per face its box, label + confidence, per-class bars and the phrase."""
+                 fps: float | None = None, class_names: Sequence[str] | None = None, in_place: bool = False) -> np.ndarray:
+    """An annotated copy of a BGR frame (or the frame itself, `in_place`): per face its box, label + confidence,
+    per-class bars and the phrase."""
     from emotion.labels import CLASS_NAMES
 
     names = class_names or CLASS_NAMES
-    out = frame.copy()
+    out = frame if in_place else frame.copy()
     H, W = out.shape[:2]
     scale = max(0.4, min(0.8, W / 1000))
     line = int(22 * scale / 0.5)
@@ -345,14 +435,14 @@ def draw_overlay(frame: np.ndarray, faces: Sequence[FaceResult], show_attention:
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
         _text(out, f"{face.label} {face.confidence:.0%}", (x, max(line, y - 8)), scale * 1.2, colour)
         bar_x, step = (x + w + 8 if x + w + 8 + 140 < W else max(0, x - 148)), int(line * 0.8)
-        for i, (name, p) in enumerate(zip(names, face.probabilities)):
+        for i, p in enumerate(face.probabilities):
             by = y + i * step
             cv2.rectangle(out, (bar_x + 62, by + 2), (bar_x + 62 + int(76 * float(p)), by + int(line * 0.6)), colour, -1)
-            _text(out, name[:8], (bar_x, by + int(line * 0.6)), scale * 0.75)
+        _text(out, [name[:8] for name in names], (bar_x, y + int(line * 0.6)), scale * 0.75, step=step)
         # below the box and the bars, which the phrase is often wider than
         _text(out, face.explanation.phrase, (x, min(H - 4, max(y + h, y + len(names) * step) + line)), scale)
     if fps is not None:
-        _text(out, f"{fps:.1f} FPS", (8, line), scale * 1.2, (0, 255, 255))
+        _text(out, f"{fps:.0f} FPS", (8, line), scale * 1.2, (0, 255, 255))
     return out
 
 
@@ -495,20 +585,37 @@ class RunStats:
 
 
 def process_frame(predictor: Predictor, tracker: FaceTracker, frame: np.ndarray, detect: bool,
-                  show_attention: bool = True, fps: float | None = None) -> tuple[list[FaceResult], np.ndarray]:
-    """One frame through the pipeline: detect (or reuse the tracked boxes), classify, smooth, draw."""
-    boxes = predictor.detect(frame) if detect or not tracker.tracks else tracker.boxes()
-    faces = tracker.update(predictor.classify(frame, boxes))
+                  show_attention: bool = True, fps: float | None = None,
+                  background: BackgroundDetector | None = None) -> tuple[list[FaceResult], np.ndarray]:
+    """One frame through the pipeline: detect (or reuse the tracked boxes), classify, smooth, draw on the frame.
+
+    With `background`, detection runs beside the loop: this frame uses the newest finished detection's boxes, or
+    the tracked ones, and `detect` only says whether to start a new detection; with no face tracked there is
+    nothing to classify, so the loop waits for the detector.
+    """
+    if background is not None:
+        fresh = background.latest(frame, start=detect or not tracker.tracks, wait=not tracker.tracks)
+        boxes = fresh if fresh is not None else tracker.boxes()
+    else:
+        boxes = predictor.detect(frame) if detect or not tracker.tracks else tracker.boxes()
+    faces = predictor.classify(frame, boxes, explained=False)
     start = time.perf_counter()
-    annotated = draw_overlay(frame, faces, show_attention=show_attention, fps=fps)
+    faces = tracker.update(faces)  # smooths, then explains each face once
+    predictor.timings["explain + track"] += time.perf_counter() - start
+    start = time.perf_counter()
+    annotated = draw_overlay(frame, faces, show_attention=show_attention, fps=fps, in_place=True)
     predictor.timings["overlay"] += time.perf_counter() - start
     return faces, annotated
 
 
 def run(source: str, model_dir: str, output: str | None = None, json_path: str | None = None, display: bool = True,
         detector_model: str | None = None, detect_every: int = 3, show_attention: bool = True,
-        smoothing: float = 0.5, max_frames: int | None = None) -> RunStats:
-    """The demo: read `source`, annotate every frame, optionally show, save and log it. Keys: q quits, a toggles attention."""
+        smoothing: float = 0.5, max_frames: int | None = None, background_detection: bool | None = None) -> RunStats:
+    """The demo: read `source`, annotate every frame, optionally show, save and log it. Keys: q quits, a toggles attention.
+
+    `background_detection` (default: on for a camera, off for files, whose output then repeats exactly) runs the
+    face detector on its own thread and core, off the frame loop.
+    """
     if display and not _has_display():
         raise EmotionError("no display to show the demo on (DISPLAY is not set): add --no-display, "
                            "with --output and/or --json to keep the results")
@@ -517,7 +624,13 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
     predictor = Predictor.from_model_dir(model_dir, detector_model)
     frames = open_source(source)
     stream = frames.kind != "images"
-    tracker = FaceTracker(smoothing=smoothing if stream else 1.0)
+    tracker = predictor.new_tracker(smoothing=smoothing if stream else 1.0)
+    background = None
+    if stream and (frames.kind == "camera" if background_detection is None else background_detection):
+        from emotion.runtime import leave_cores_free
+
+        leave_cores_free(1)  # the detector's core
+        background = BackgroundDetector(predictor.detector)
     sink = None
     if output:
         sink = _VideoSink(Path(output), frames.fps) if stream else _ImageSink(Path(output))
@@ -533,7 +646,7 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
                 tracker.reset()  # separate photos share no faces
             start = time.perf_counter()
             faces, annotated = process_frame(predictor, tracker, frame, detect=index % detect_every == 0,
-                                             show_attention=show_attention, fps=fps)
+                                             show_attention=show_attention, fps=fps, background=background)
             elapsed = time.perf_counter() - start
             stats.seconds += elapsed
             fps = 1.0 / elapsed if fps is None else 0.9 * fps + 0.1 / max(elapsed, 1e-6)
@@ -552,6 +665,9 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
                 if key == ord("a"):
                     show_attention = not show_attention
     finally:
+        if background:
+            background.close()
+            predictor.timings["detect (background thread)"] += background.seconds
         if sink:
             sink.close()
         if log:
@@ -563,17 +679,17 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
     return stats
 
 
-def synthetic_agreement(predictor: Predictor, per_class: int = 25, seed: int = 0) -> dict[str, float | None]:
-    """How often a face's top attention region is one the synthetic generator changed for its class (per class)."""
+def synthetic_agreement(predictor: Predictor, per_class: int = 25, seed: int = 0) -> dict[str, dict[str, float] | None]:
+    """Per class, how well the attention points at the regions the synthetic generator changed (explain.agreement_by_class)."""
     from emotion.explain import agreement_by_class
     from emotion.synthetic import render_face
 
     size = int(predictor.runner.config["image_size"])
-    tops, labels, truth = [], [], []
+    weights, labels, truth = [], [], []
     for label in range(len(predictor.runner.config["class_names"])):
         for i in range(per_class):
             rgb, regions, _ = render_face(label, np.random.default_rng([seed, 99, label, i]), size)
-            tops.append(predictor.classify_crops([rgb[:, :, ::-1]])[0].explanation.top_region)
+            weights.append(predictor.classify_crops([rgb[:, :, ::-1]])[0].explanation.region_weights)
             labels.append(label)
             truth.append(regions)
-    return agreement_by_class(tops, labels, truth)
+    return agreement_by_class(weights, labels, truth)

@@ -25,6 +25,7 @@ class Predictions:
     labels: np.ndarray
     probabilities: np.ndarray  # (N, NUM_CLASSES)
     loss: float  # mean cross-entropy (unweighted)
+    neutral_attention: np.ndarray | None = None  # mean spatial attention (H, W) over the faces labelled neutral
 
     @property
     def predicted(self) -> np.ndarray:
@@ -36,15 +37,21 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
     """Run a prepared loader through the model; `tta='hflip'` averages with the mirrored image."""
     model.eval()
     indices, labels, probabilities, losses = [], [], [], []
+    attention_sum, neutral_count = None, 0
+    neutral = CLASS_NAMES.index("neutral")
     for batch in loader:
-        logits = model(batch["pixel_values"])
+        logits, attention = model(batch["pixel_values"], return_attention=True)
         probs = logits.float().softmax(dim=1)
         if tta == "hflip":
             probs = (probs + model(batch["pixel_values"].flip(dims=[3])).float().softmax(dim=1)) / 2
         loss = F.nll_loss(probs.clamp_min(1e-12).log(), batch["labels"], reduction="none")
-        gathered = accelerator.gather_for_metrics((batch["index"], batch["labels"], probs, loss))
-        for store, value in zip((indices, labels, probabilities, losses), gathered):
+        gathered = accelerator.gather_for_metrics((batch["index"], batch["labels"], probs, loss, attention.float()))
+        for store, value in zip((indices, labels, probabilities, losses), gathered[:4]):
             store.append(value.cpu())
+        is_neutral = gathered[1] == neutral
+        batch_sum = gathered[4][is_neutral].sum(dim=0).cpu()
+        attention_sum = batch_sum if attention_sum is None else attention_sum + batch_sum
+        neutral_count += int(is_neutral.sum())
     if not indices:
         empty = np.zeros(0, dtype=np.int64)
         return Predictions(empty, empty, np.zeros((0, NUM_CLASSES)), float("nan"))
@@ -53,6 +60,7 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
         labels=torch.cat(labels).numpy(),
         probabilities=torch.cat(probabilities).numpy(),
         loss=float(torch.cat(losses).mean()),
+        neutral_attention=(attention_sum / neutral_count).numpy() if neutral_count else None,
     )
 
 

@@ -6,11 +6,17 @@ demo's Haar crops are margined to match), given as fractions of the crop:
 brows y 0.25-0.38, eyes 0.35-0.48, nose 0.45-0.62, cheeks 0.5-0.7 at the sides, mouth 0.65-0.8, jaw 0.78-0.95.
 
 A region's weight is its attention *lift*: the attention mass inside it divided by its area, so 1.0 means
-"as much as a uniform map would give" and regions of different sizes compare fairly.
+"as much as a uniform map would give" and regions of different sizes compare fairly. Given the model's
+attention on neutral faces (the `attention_prior` a trained model keeps in its config), the lift is taken
+relative to it: facial actions are departures from the resting face, and a model looks at some places
+(often the face's centre) whatever the expression. Measured on the synthetic faces for a `cpu` preset
+model, the top region was one the expression changed for 41% of faces with plain lift (a random region:
+48%) and 69% relative to the neutral prior.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -78,6 +84,7 @@ def _overlap_1d(a0: np.ndarray, a1: np.ndarray, b0: float, b1: float) -> np.ndar
     return np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0.0, None)
 
 
+@lru_cache(maxsize=16)
 def region_coverage(grid_h: int, grid_w: int) -> dict[str, np.ndarray]:
     """Per region, the fraction of each attention cell's area that lies inside it, shape (grid_h, grid_w)."""
     ys = np.arange(grid_h + 1) / grid_h
@@ -88,23 +95,41 @@ def region_coverage(grid_h: int, grid_w: int) -> dict[str, np.ndarray]:
         cover = np.zeros((grid_h, grid_w))
         for x0, y0, x1, y1 in rects:
             cover += np.outer(_overlap_1d(ys[:-1], ys[1:], y0, y1), _overlap_1d(xs[:-1], xs[1:], x0, x1)) / cell_area
+        cover.flags.writeable = False  # shared by every call (cached)
         coverage[region] = cover
     return coverage
 
 
-def region_weights(attention: np.ndarray) -> dict[str, float]:
-    """Attention lift per facial region (1.0 = uniform attention) for one (H, W) map over the face crop."""
+@lru_cache(maxsize=16)
+def _lift_matrix(grid_h: int, grid_w: int) -> np.ndarray:
+    """(regions, cells): a normalised map's lift per region is this matrix times the flattened map."""
+    # lift = mass inside / area, and area = covered cell fractions / cell count
+    matrix = np.stack([cover.ravel() * (grid_h * grid_w / cover.sum()) for cover in region_coverage(grid_h, grid_w).values()])
+    matrix.flags.writeable = False
+    return matrix
+
+
+def region_weights(attention: np.ndarray, baseline: dict[str, float] | None = None) -> dict[str, float]:
+    """Attention lift per facial region for one (H, W) map over the face crop.
+
+    1.0 = uniform attention; with `baseline` (the region weights of the model's neutral-face attention,
+    see `baseline_weights`), 1.0 = as much as the model gives that region on a neutral face.
+    """
     attention = np.asarray(attention, dtype=np.float64)
     if attention.ndim != 2 or attention.size == 0:
         raise ValueError(f"attention must be a 2-D map, got shape {attention.shape}")
     total = attention.sum()
     attention = attention / total if total > 0 else np.full_like(attention, 1.0 / attention.size)
-    cell_area = 1.0 / attention.size
-    weights = {}
-    for region, cover in region_coverage(*attention.shape).items():
-        area = cover.sum() * cell_area
-        weights[region] = float((attention * cover).sum() / area)
+    lifts = _lift_matrix(*attention.shape) @ attention.ravel()
+    weights = dict(zip(REGION_LAYOUT, lifts.tolist()))
+    if baseline is not None:
+        weights = {region: weight / max(baseline[region], 1e-6) for region, weight in weights.items()}
     return weights
+
+
+def baseline_weights(attention_prior) -> dict[str, float] | None:
+    """Region weights of a model's mean attention on neutral faces (config `attention_prior`), or None without one."""
+    return None if attention_prior is None else region_weights(np.asarray(attention_prior, dtype=np.float64))
 
 
 def top_region(weights: dict[str, float]) -> str:
@@ -113,10 +138,11 @@ def top_region(weights: dict[str, float]) -> str:
 
 
 def explain(probabilities: Sequence[float], attention: np.ndarray, min_confidence: float = MIN_CONFIDENCE,
-            support_lift: float = SUPPORT_LIFT) -> Explanation:
+            support_lift: float = SUPPORT_LIFT, baseline: dict[str, float] | None = None) -> Explanation:
     """The phrase and the region weights behind it, for one face's class probabilities and attention map.
 
-    Only actions of the predicted class whose region the attention favours (lift >= support_lift) are named,
+    `baseline`: region weights of the model's neutral-face attention (`baseline_weights`); lifts are then
+    relative to it. Only actions of the predicted class whose region the attention favours (lift >= support_lift) are named,
     strongest first; when none is, or the confidence is below min_confidence, the phrase says so.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -124,7 +150,7 @@ def explain(probabilities: Sequence[float], attention: np.ndarray, min_confidenc
         raise ValueError(f"expected {NUM_CLASSES} probabilities, got shape {probabilities.shape}")
     index = int(probabilities.argmax())
     label, confidence = CLASS_NAMES[index], float(probabilities[index])
-    weights = region_weights(attention)
+    weights = region_weights(attention, baseline)
     top = top_region(weights)
     title = label.capitalize()
     common = dict(label=label, confidence=confidence, top_region=top, region_weights=weights)
@@ -147,21 +173,33 @@ def explain(probabilities: Sequence[float], attention: np.ndarray, min_confidenc
                        actions=[f"AU{au} {ACTION_UNITS[au][0]}" for au in backed], **common)
 
 
-def agreement_by_class(top_regions: Iterable[str], labels: Iterable[int],
-                       changed: Iterable[Sequence[str]]) -> dict[str, float | None]:
-    """Share of samples per true class whose top attention region is one the expression changed.
+def agreement_by_class(weights: Iterable[dict[str, float]], labels: Iterable[int],
+                       changed: Iterable[Sequence[str]]) -> dict[str, dict[str, float] | None]:
+    """Per true class, how well each face's attention (its region weights) points at what the expression changed.
 
-    `changed` holds the ground-truth regions of each sample (the synthetic set's `regions` column). Classes
-    that change no region (neutral) or have no samples get None; 'overall' pools every class that counts.
+    `changed` holds the ground-truth regions of each face (the synthetic set's `regions` column). Per class:
+    agreement: share of faces whose top region is a changed one; chance: what a uniformly random region would
+    score (the bar agreement has to clear); contrast: share of faces whose changed regions average a higher lift
+    than the unchanged ones (0.5 = no signal; sharper than agreement, which an always-'mouth' map would win,
+    since every non-neutral class changes the mouth); faces. Classes that change no region (neutral) or have
+    no faces get None; 'overall' pools every class that counts.
     """
-    hits = np.zeros(NUM_CLASSES)
-    counts = np.zeros(NUM_CLASSES)
-    for region, label, truth in zip(top_regions, labels, changed):
-        if truth:
-            counts[label] += 1
-            hits[label] += region in truth
-    table: dict[str, float | None] = {
-        name: (float(hits[i] / counts[i]) if counts[i] else None) for i, name in enumerate(CLASS_NAMES)
-    }
-    table["overall"] = float(hits.sum() / counts.sum()) if counts.sum() else None
+    rows: dict[int, list[tuple[float, float, float]]] = {i: [] for i in range(NUM_CLASSES)}
+    for face_weights, label, truth in zip(weights, labels, changed):
+        truth = set(truth)
+        if not truth:
+            continue
+        others = [face_weights[r] for r in FACE_REGIONS if r not in truth]
+        inside = np.mean([face_weights[r] for r in truth])
+        rows[int(label)].append((float(top_region(face_weights) in truth), len(truth) / len(FACE_REGIONS),
+                                 float(not others or inside > np.mean(others))))
+
+    def summary(faces: list[tuple[float, float, float]]) -> dict[str, float] | None:
+        if not faces:
+            return None
+        agreement, chance, contrast = np.mean(faces, axis=0)
+        return {"agreement": float(agreement), "chance": float(chance), "contrast": float(contrast), "faces": len(faces)}
+
+    table = {name: summary(rows[i]) for i, name in enumerate(CLASS_NAMES)}
+    table["overall"] = summary([face for faces in rows.values() for face in faces])
     return table

@@ -66,6 +66,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         attention: bool = True,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        attention_prior: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         backbone_kwargs = {"output_stride": output_stride} if output_stride != 32 else {}
@@ -81,6 +82,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             dropout=dropout, attention=attention,
             mean=list(mean or data_config.get("mean", (0.485, 0.456, 0.406))),
             std=list(std or data_config.get("std", (0.229, 0.224, 0.225))),
+            attention_prior=attention_prior,
         )
         channels = self.backbone.num_features
         self.channel_attention = ChannelAttention(channels) if attention else nn.Identity()
@@ -101,6 +103,13 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
     @property
     def image_size(self) -> int:
         return self.config["image_size"]
+
+    def set_attention_prior(self, prior: Sequence[Sequence[float]] | None) -> None:
+        """Keep the mean spatial attention on neutral faces (H x W) in config.json: explanations read lifts against it."""
+        prior = None if prior is None else [[round(float(v), 6) for v in row] for row in prior]
+        self.config["attention_prior"] = prior
+        if isinstance(self._hub_mixin_config, dict):  # what save_pretrained writes as config.json
+            self._hub_mixin_config["attention_prior"] = prior
 
     def load_backbone_weights(self, path: str | None = None) -> None:
         """Pretrained backbone weights from the hub, or from a local file when `path` is given."""

@@ -167,7 +167,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                               f"({record['train_images_per_second']:.0f} img/s)")
             if metrics["accuracy"] > state["best_accuracy"]:
                 state["best_accuracy"] = metrics["accuracy"]
-                save_best_model(accelerator, model, output_dir, config, record, metrics)
+                save_best_model(accelerator, model, output_dir, config, record, metrics, predictions.neutral_attention)
             state.update(step_in_epoch=steps_per_epoch, epoch_complete=True)
             write_metrics(accelerator, output_dir, state["history"])
             checkpoint.save_checkpoint(accelerator, output_dir, f"epoch_{epoch + 1}", state)
@@ -284,13 +284,19 @@ def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, lo
         f"kept (lower --lr, or --nan-policy skip)")
 
 
-def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, record: dict, metrics: dict) -> None:
-    """`best_model/` (config.json + model.safetensors + metrics.json + README.md card), written to a temp folder then renamed."""
+def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, record: dict, metrics: dict,
+                    neutral_attention=None) -> None:
+    """`best_model/` (config.json + model.safetensors + metrics.json + README.md card), written to a temp folder then renamed.
+
+    config.json keeps this epoch's mean attention on neutral validation faces: the baseline of the explanations.
+    """
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = output_dir / "best_model"
         tmp = output_dir / ".tmp-best_model"
-        accelerator.unwrap_model(model).save_pretrained(tmp)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.set_attention_prior(neutral_attention)
+        unwrapped.save_pretrained(tmp)
         checkpoint.write_json_atomic(tmp / "metrics.json", {"epoch": record["epoch"], "val_accuracy": metrics["accuracy"],
                                                             "val_balanced_accuracy": metrics["balanced_accuracy"],
                                                             "val_macro_f1": metrics["macro_f1"], "dataset": config.dataset,

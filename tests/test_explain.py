@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from emotion.explain import REGION_LAYOUT, agreement_by_class, explain, region_weights, top_region
+from emotion.explain import REGION_LAYOUT, agreement_by_class, baseline_weights, explain, region_weights, top_region
 from emotion.labels import CLASS_TO_ID, FACE_REGIONS, NUM_CLASSES
 
 
@@ -30,6 +30,21 @@ def test_attention_on_a_region_makes_it_the_top_region(region):
     weights = region_weights(attention_on(region))
     assert top_region(weights) == region
     assert weights[region] > 2.0
+
+
+def test_lifts_are_read_against_the_neutral_face_baseline():
+    """A model that always looks at the nose: on a face where the mouth gains attention, the mouth is what changed."""
+    prior = 0.7 * attention_on("nose") + 0.3 * np.full((12, 12), 1 / 144)
+    face = 0.5 * attention_on("nose") + 0.3 * attention_on("mouth") + 0.2 * np.full((12, 12), 1 / 144)
+    baseline = baseline_weights(prior.tolist())
+    assert top_region(region_weights(face)) == "nose"  # plain lift: the model's habit
+    relative = region_weights(face, baseline)
+    assert top_region(relative) == "mouth" and relative["nose"] < 1.0
+    assert region_weights(prior, baseline) == pytest.approx(dict.fromkeys(FACE_REGIONS, 1.0))
+    assert baseline_weights(None) is None
+    why = explain(probs("happy"), face, baseline=baseline)
+    assert why.status == "supported" and why.phrase.startswith("Lip Corners Up") and why.top_region == "mouth"
+    assert explain(probs("happy"), face).phrase != why.phrase  # without the baseline, the nose habit decides
 
 
 def test_anger_with_brow_attention_names_the_brow_action():
@@ -72,12 +87,22 @@ def test_bad_shapes_are_rejected():
         region_weights(np.ones(16))
 
 
-def test_agreement_by_class_counts_hits_and_skips_neutral():
+def _lifts(**high: float) -> dict[str, float]:
+    return {region: high.get(region, 0.5) for region in FACE_REGIONS}
+
+
+def test_agreement_by_class_counts_hits_chance_and_contrast_and_skips_neutral():
+    anger = ["brows", "eyes", "mouth", "jaw"]
     table = agreement_by_class(
-        ["brows", "mouth", "nose", "mouth", "eyes"],
+        [_lifts(brows=3.0), _lifts(nose=3.0, mouth=2.0, brows=2.0), _lifts(nose=2.0), _lifts(mouth=2.0), _lifts(eyes=2.0)],
         [CLASS_TO_ID["anger"], CLASS_TO_ID["anger"], CLASS_TO_ID["happy"], CLASS_TO_ID["contempt"], CLASS_TO_ID["neutral"]],
-        [["brows", "eyes", "mouth", "jaw"], ["brows", "eyes", "mouth", "jaw"], ["eyes", "cheeks", "mouth"], ["mouth"], []],
+        [anger, anger, ["eyes", "cheeks", "mouth"], ["mouth"], []],
     )
-    assert table["anger"] == 1.0 and table["happy"] == 0.0 and table["contempt"] == 1.0
+    # anger: top region brows (hit) then nose (miss); changed regions average 1.125 vs 0.5, then 1.25 vs 1.75.
+    assert table["anger"] == {"agreement": 0.5, "chance": pytest.approx(4 / 6), "contrast": 0.5, "faces": 2}
+    assert table["happy"]["agreement"] == 0.0 and table["happy"]["contrast"] == 0.0
+    assert table["contempt"] == {"agreement": 1.0, "chance": pytest.approx(1 / 6), "contrast": 1.0, "faces": 1}
     assert table["neutral"] is None and table["sad"] is None
-    assert table["overall"] == pytest.approx(3 / 4)
+    assert table["overall"]["agreement"] == pytest.approx(2 / 4)
+    assert table["overall"]["chance"] == pytest.approx((4 / 6 + 4 / 6 + 3 / 6 + 1 / 6) / 4)
+    assert table["overall"]["faces"] == 4

@@ -2,6 +2,8 @@
 import json
 from dataclasses import fields
 
+import numpy as np
+import pytest
 import torch
 
 from emotion.config import PRESETS, TrainConfig
@@ -25,6 +27,9 @@ def test_tiny_run_writes_the_documented_layout(tiny_run):
         assert 0.0 <= record["val_accuracy"] <= 1.0 and record["train_images_per_second"] > 0
     saved = TrainConfig.load(tiny_run / "config.json")
     assert saved.backbone == PRESETS["tiny"]["backbone"] and saved.epochs == 2  # preset, then the explicit flag
+    # the explanations' baseline: mean attention on neutral validation faces, one weight per cell (4 x 4 at 64 px)
+    prior = np.array(json.loads((tiny_run / "best_model" / "config.json").read_text())["attention_prior"])
+    assert prior.shape == (4, 4) and prior.sum() == pytest.approx(1.0, abs=1e-4) and (prior > 0).all()
 
 
 def test_best_model_reloads_to_identical_logits(tiny_run, cache_dir):
@@ -61,3 +66,19 @@ def test_bad_flag_value_is_one_line(tmp_path):
     result = run_script("train_accelerate.py", "--dataset", "imagefolder", "--output-dir", str(tmp_path), check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--data-dir" in result.stderr
+
+
+def test_eval_preprocess_equals_the_eval_transform():
+    """The demo's fast path gives the very numbers training's eval transform gives, square or not."""
+    from PIL import Image
+
+    from emotion.data.transforms import eval_preprocess
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(129, 129, 3), (100, 140, 3), (141, 97, 3), (40, 50, 3)]]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    transform = build_transform(80, mean, std, train=False)
+    expected = np.stack([transform(Image.fromarray(image)).numpy() for image in images])
+    got = eval_preprocess(images, 80, mean, std)
+    assert got.shape == (4, 3, 80, 80) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)

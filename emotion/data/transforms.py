@@ -1,9 +1,12 @@
 """Train and eval transforms (torchvision v2) on PIL images; normalisation numbers come from the model config."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 
@@ -23,3 +26,34 @@ def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
+
+
+def eval_preprocess(images: Sequence[np.ndarray], image_size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """`build_transform(train=False)` for uint8 RGB arrays, batched: (N, 3, S, S) float32.
+
+    The same PIL bilinear resize of the short side, centre crop and normalisation, without torchvision's
+    per-image dispatch (the live demo pays this every frame); a test holds the two equal, bit for bit.
+    """
+    batch = np.empty((len(images), 3, image_size, image_size), np.float32)
+    table = _normalisation_table(tuple(mean), tuple(std))
+    for i, rgb in enumerate(images):
+        h, w = rgb.shape[:2]
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(image_size * long / short)
+        new_w, new_h = (image_size, new_long) if w <= h else (new_long, image_size)
+        image = Image.frombuffer("RGB", (w, h), np.ascontiguousarray(rgb), "raw", "RGB", 0, 1)
+        pixels = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+        top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))
+        pixels = pixels[top:top + image_size, left:left + image_size]
+        for channel in range(3):
+            np.take(table[channel], pixels[:, :, channel], out=batch[i, channel])
+    return batch
+
+
+@lru_cache(maxsize=8)
+def _normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256): every 8-bit value through ToDtype(scale=True) + Normalize, in the same float32 steps."""
+    values = np.arange(256, dtype=np.float32)[None, :] * np.float32(1.0 / 255)
+    table = (values - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+    table.flags.writeable = False
+    return table
