@@ -42,7 +42,7 @@ def fps(args) -> dict:
         process_frame(predictor, tracker, frame.copy(), detect=i % args.detect_every == 0, background=background)
     predictor.timings.clear()
     if background:
-        background.seconds, background.detections = 0.0, 0
+        background.seconds = 0.0
     faces, total = 0, 0.0
     cpu_start = time.process_time()  # CPU seconds of every thread (the background detector's too)
     for i in range(args.frames):

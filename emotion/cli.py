@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emotion.config import DATASETS, TrainConfig, parse_bool, add_config_arguments, config_from_args
+from emotion.config import DATASETS, TrainConfig, add_config_arguments, config_from_args, parse_bool
 from emotion.errors import cli_main
 
 

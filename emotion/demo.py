@@ -105,13 +105,11 @@ class BackgroundDetector:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detector")
         self.pending = None
         self.seconds = 0.0  # detector time spent off the frame loop (real CPU time, just not on the critical path)
-        self.detections = 0
 
     def _detect(self, frame: np.ndarray) -> list[Box]:
         start = time.perf_counter()
         boxes = self.detector.detect(frame)
         self.seconds += time.perf_counter() - start
-        self.detections += 1
         return boxes
 
     def latest(self, frame: np.ndarray, start: bool = True, wait: bool = False) -> list[Box] | None:
@@ -338,18 +336,19 @@ class FaceTracker:
                 track.missed += 1
         out = []
         for fi, face in enumerate(faces):
+            probs, attention = face.probabilities, face.attention
             if fi in matched:
                 track = self.tracks[matched[fi]]
                 a = self.smoothing
-                probs = a * face.probabilities + (1 - a) * track.face.probabilities
-                attention = a * face.attention + (1 - a) * track.face.attention if face.attention.shape == track.face.attention.shape else face.attention
-                track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id, self.baseline)
+                probs = a * probs + (1 - a) * track.face.probabilities
+                if attention.shape == track.face.attention.shape:
+                    attention = a * attention + (1 - a) * track.face.attention
                 track.missed = 0
             else:
-                track = _Track(self.next_id, make_result(face.box, face.crop_box, face.probabilities, face.attention,
-                                                         self.min_confidence, self.next_id, self.baseline))
+                track = _Track(self.next_id, face)
                 self.next_id += 1
                 self.tracks.append(track)
+            track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id, self.baseline)
             out.append(track.face)
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         return out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emotion.labels import CLASS_NAMES, NUM_CLASSES
+from emotion.labels import CLASS_NAMES, CLASS_TO_ID, NUM_CLASSES
 from emotion.metrics import EXPRESSION_METRICS
 
 
@@ -38,7 +38,7 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
     model.eval()
     indices, labels, probabilities, losses = [], [], [], []
     attention_sum, neutral_count = None, 0
-    neutral = CLASS_NAMES.index("neutral")
+    neutral = CLASS_TO_ID["neutral"]
     for batch in loader:
         logits, attention = model(batch["pixel_values"], return_attention=True)
         probs = logits.float().softmax(dim=1)

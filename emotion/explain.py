@@ -84,7 +84,6 @@ def _overlap_1d(a0: np.ndarray, a1: np.ndarray, b0: float, b1: float) -> np.ndar
     return np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0.0, None)
 
 
-@lru_cache(maxsize=16)
 def region_coverage(grid_h: int, grid_w: int) -> dict[str, np.ndarray]:
     """Per region, the fraction of each attention cell's area that lies inside it, shape (grid_h, grid_w)."""
     ys = np.arange(grid_h + 1) / grid_h
@@ -95,7 +94,6 @@ def region_coverage(grid_h: int, grid_w: int) -> dict[str, np.ndarray]:
         cover = np.zeros((grid_h, grid_w))
         for x0, y0, x1, y1 in rects:
             cover += np.outer(_overlap_1d(ys[:-1], ys[1:], y0, y1), _overlap_1d(xs[:-1], xs[1:], x0, x1)) / cell_area
-        cover.flags.writeable = False  # shared by every call (cached)
         coverage[region] = cover
     return coverage
 
