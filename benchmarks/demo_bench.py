@@ -2,6 +2,7 @@
 
     python benchmarks/demo_bench.py fps --model results/RUN/best_model      # or --preset b4 (random weights)
     python benchmarks/demo_bench.py agreement --model results/RUN/best_model
+    python benchmarks/demo_bench.py corners --model results/RUN/best_model --split test   # real faces: attention on a corner?
 
 fps: end-to-end frames per second (detect every --detect-every frames + preprocess + model + explain + track +
 overlay) on 640x480 frames of skimage's astronaut photo, and the share the pipeline adds on top of the model.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -72,9 +74,19 @@ def agreement(args) -> dict:
     return synthetic_agreement(predictor, per_class=args.per_class)
 
 
+def corners(args) -> dict:
+    """Does the attention look at faces? Share of faces whose attention peaks on a corner cell of the grid, vs chance."""
+    from emotion.evaluation import evaluate_saved_model
+
+    report = evaluate_saved_model(Path(args.model), split=args.split, output_dir=Path(args.output_dir) if args.output_dir else None)
+    return {"model": args.model, "dataset": report["dataset"], "split": args.split, "faces": report["num_samples"],
+            "accuracy": report["accuracy"], "attention_entropy": report["attention_entropy"],
+            "corner_peak_share": report["attention_corner_share"], "corner_peak_chance": report["attention_corner_chance"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("fps", "agreement"))
+    parser.add_argument("what", choices=("fps", "agreement", "corners"))
     parser.add_argument("--model", default=None, help="saved model folder")
     parser.add_argument("--preset", default="b4", help="without --model: time this preset's architecture, random weights")
     parser.add_argument("--frames", type=int, default=60)
@@ -84,8 +96,10 @@ def main() -> None:
     parser.add_argument("--background-detection", action="store_true", help="detector on its own thread (the live demo's camera mode)")
     parser.add_argument("--per-class", type=int, default=25)
     parser.add_argument("--no-baseline", action="store_true", help="agreement: read plain attention lift, not lift over the neutral-face prior")
+    parser.add_argument("--split", default="test", help="corners: the split of the model's data set to read (default: test)")
+    parser.add_argument("--output-dir", default=None, help="corners: where the evaluation report goes (default: beside the run)")
     args = parser.parse_args()
-    print(json.dumps(fps(args) if args.what == "fps" else agreement(args), indent=2))
+    print(json.dumps({"fps": fps, "agreement": agreement, "corners": corners}[args.what](args), indent=2))
 
 
 if __name__ == "__main__":

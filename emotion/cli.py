@@ -14,16 +14,31 @@ def train_parser() -> argparse.ArgumentParser:
         description="Train the facial-expression model (backbone -> dual attention -> Bi-LSTM) with Accelerate. "
                     "Run under `accelerate launch [--config_file accelerate_configs/X.yaml]` for GPUs, several "
                     "processes or mixed precision. Defaults <- --preset <- explicit flags.",
+        epilog=presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser)
     return parser
+
+
+def presets_help() -> str:
+    """The values each preset sets, and what it changes on real data: the end of `--help`."""
+    from emotion.config import PRESETS, REAL_DATA_OVERRIDES
+
+    lines = ["presets (explicit flags win; without --preset: cpu for the synthetic set or a machine without a GPU, "
+             "b4 for real data on a GPU):"]
+    for name, values in PRESETS.items():
+        lines.append(f"  {name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items()))
+        if name in REAL_DATA_OVERRIDES:
+            lines.append(f"  {name} on a real data set, instead: "
+                         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in REAL_DATA_OVERRIDES[name].items()))
+    return "\n".join(lines)
 
 
 @cli_main
 def train_main(argv: list[str] | None = None) -> int:
     from emotion.training import train
 
-    config = config_from_args(train_parser().parse_args(argv))
+    config = config_from_args(train_parser().parse_args(argv), choose=True)
     train(config)
     return 0
 
@@ -36,8 +51,11 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="data source (default: the one the model was trained on)")
     parser.add_argument("--data-dir", default=None, help="root of a real data set")
-    parser.add_argument("--split", default="validation", choices=("train", "validation", "val"), help="which split to evaluate")
-    parser.add_argument("--output-dir", default=None, help="where the report goes (default: <model>/../eval)")
+    parser.add_argument("--split", default="validation", choices=("train", "validation", "val", "test"),
+                        help="which split to evaluate; test: the held-apart test split of sets that have one (FER+, a "
+                             "folder-per-class set with a test/ folder)")
+    parser.add_argument("--output-dir", default=None, help="where the report goes (default: <model>/../eval for the "
+                                                             "validation split, <model>/../eval-<split> for another)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size per process")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the run's)")
     parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation: average with the mirrored image")

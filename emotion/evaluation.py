@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emotion.errors import EmotionError
 from emotion.labels import CLASS_NAMES, CLASS_TO_ID, NUM_CLASSES
 from emotion.metrics import EXPRESSION_METRICS
 
@@ -26,6 +27,8 @@ class Predictions:
     probabilities: np.ndarray  # (N, NUM_CLASSES)
     loss: float  # mean cross-entropy (unweighted)
     neutral_attention: np.ndarray | None = None  # mean spatial attention (H, W) over the faces labelled neutral
+    attention_entropy: float = float("nan")  # mean entropy of the attention maps / log(H*W): 1 = uniform, 0 = one cell
+    corner_share: float = float("nan")  # share of faces whose attention peaks on one of the grid's 4 corner cells
 
     @property
     def predicted(self) -> np.ndarray:
@@ -37,7 +40,7 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
     """Run a prepared loader through the model; `tta='hflip'` averages with the mirrored image."""
     model.eval()
     indices, labels, probabilities, losses = [], [], [], []
-    attention_sum, neutral_count = None, 0
+    attention_sum, neutral_count, entropies, corners = None, 0, [], []
     neutral = CLASS_TO_ID["neutral"]
     for batch in loader:
         logits, attention = model(batch["pixel_values"], return_attention=True)
@@ -48,6 +51,9 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
         gathered = accelerator.gather_for_metrics((batch["index"], batch["labels"], probs, loss, attention.float()))
         for store, value in zip((indices, labels, probabilities, losses), gathered[:4]):
             store.append(value.cpu())
+        entropy, corner = attention_statistics(gathered[4])
+        entropies.append(entropy.cpu())
+        corners.append(corner.cpu())
         is_neutral = gathered[1] == neutral
         batch_sum = gathered[4][is_neutral].sum(dim=0).cpu()
         attention_sum = batch_sum if attention_sum is None else attention_sum + batch_sum
@@ -61,7 +67,19 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
         probabilities=torch.cat(probabilities).numpy(),
         loss=float(torch.cat(losses).mean()),
         neutral_attention=(attention_sum / neutral_count).numpy() if neutral_count else None,
+        attention_entropy=float(torch.cat(entropies).mean()),
+        corner_share=float(torch.cat(corners).float().mean()),
     )
+
+
+def attention_statistics(attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per map of a (B, H, W) batch: entropy / log(H*W), and whether the peak cell is a corner of the grid."""
+    b, h, w = attention.shape
+    flat = attention.reshape(b, h * w).float()
+    entropy = -(flat * flat.clamp_min(1e-12).log()).sum(dim=1) / max(np.log(h * w), 1e-12)
+    peak = flat.argmax(dim=1)
+    corner_cells = torch.tensor([0, w - 1, (h - 1) * w, h * w - 1], device=peak.device)
+    return entropy, torch.isin(peak, corner_cells)
 
 
 def compute_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
@@ -96,6 +114,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     for key in ("model", "dataset", "split"):
         if key in report:
             lines.append(f"- {key}: `{report[key]}`")
+    if "attention_corner_share" in report:
+        lines.append(f"- attention: entropy {report['attention_entropy']:.2f} of uniform; peak on a grid corner for "
+                     f"{100 * report['attention_corner_share']:.1f}% of faces (chance {100 * report['attention_corner_chance']:.1f}%)")
     lines += [
         f"- samples: {report['num_samples']}", "",
         "| metric | value |", "|---|---|",
@@ -148,7 +169,10 @@ def write_predictions_csv(predictions: Predictions, ids: list[str], path: Path) 
 
 
 def run_config_for(model_dir: Path):
-    """The training run's config when the model sits in a run folder (best_model/ beside config.json)."""
+    """The training run's config when the model sits in a run folder (best_model/ beside config.json).
+
+    Evaluation then rebuilds (or reuses) the very cache training read: the options that shape rows (label mode,
+    data seed, validation share, subset, ...) come from there."""
     from emotion.config import TrainConfig
 
     run_config = model_dir.parent / "config.json"
@@ -168,6 +192,8 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
     config = run_config_for(model_dir)
     if dataset is not None and dataset != config.dataset:
         config.dataset, config.data_dir = dataset, data_dir
+        # Label options belong to the run's data set; another set is read with its defaults.
+        config.soft_labels, config.label_mode = False, "majority"
     elif data_dir is not None:
         config.data_dir = data_dir
     config.image_size = model.image_size
@@ -175,15 +201,24 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
     accelerator = make_accelerator()
     with accelerator.main_process_first():
         splits = load_splits(config)
+    if split not in splits:
+        raise EmotionError(f"--split {split}: the {config.dataset} data set"
+                           + (f" at {config.data_dir}" if config.data_dir else "")
+                           + f" has no {split} split (it has {', '.join(splits)}); choose one of those")
     data = splits[split]
     loader = build_dataloader(data, build_transform(model.image_size, model.mean, model.std, train=False), batch_size,
                               train=False, num_workers=config.num_workers if num_workers is None else num_workers)
     model, loader = accelerator.prepare(model, loader)
     predictions = predict(model, loader, accelerator, tta=tta)
     report = compute_metrics(predictions.labels, predictions.predicted)
+    unwrapped = accelerator.unwrap_model(model)
+    grid = unwrapped.image_size // unwrapped.config["output_stride"]
     report.update(model=str(model_dir), dataset=config.dataset, data_dir=config.data_dir, split=split, tta=tta or "none",
-                  loss=predictions.loss)
-    output_dir = output_dir or model_dir.parent / "eval"
+                  loss=predictions.loss, attention_entropy=predictions.attention_entropy,
+                  attention_corner_share=predictions.corner_share,
+                  attention_corner_chance=4 / (grid * grid) if grid > 1 else 1.0)
+    # A test-split report must not overwrite the validation report of the same run.
+    output_dir = output_dir or model_dir.parent / ("eval" if split == "validation" else f"eval-{split}")
     if accelerator.is_main_process:
         write_report(report, output_dir)
         if save_predictions:

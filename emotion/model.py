@@ -44,6 +44,14 @@ class SpatialAttention(nn.Module):
         return x * attention * (h * w), attention[:, 0]
 
 
+def backbone_options(backbone: str, output_stride: int, width: float) -> dict:
+    """timm keyword arguments beyond the defaults: output stride, and channel width for the EfficientNet family."""
+    options: dict = {"output_stride": output_stride} if output_stride != 32 else {}
+    if width != 1.0:
+        options["channel_multiplier"] = width
+    return options
+
+
 class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=["facial-expression-recognition", "affectnet"]):
     """Facial-expression classifier over the 8 AffectNet classes.
 
@@ -67,13 +75,15 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         attention_prior: Sequence[Sequence[float]] | None = None,
+        aux_head: bool = False,
+        backbone_width: float = 1.0,
     ) -> None:
         super().__init__()
-        backbone_kwargs = {"output_stride": output_stride} if output_stride != 32 else {}
+        backbone_kwargs = backbone_options(backbone, output_stride, backbone_width)
         try:
             self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="", **backbone_kwargs)
         except (RuntimeError, TypeError) as err:  # unknown name, or an option (output_stride) it lacks
-            raise EmotionError(f"timm cannot build backbone {backbone!r} with output_stride={output_stride}: {err}") from None
+            raise EmotionError(f"timm cannot build backbone {backbone!r} with {backbone_kwargs or 'its defaults'}: {err}") from None
         data_config = self.backbone.pretrained_cfg
         # Preprocessing travels in config.json so the demo normalises exactly as training did.
         self.config = dict(
@@ -82,7 +92,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             dropout=dropout, attention=attention,
             mean=list(mean or data_config.get("mean", (0.485, 0.456, 0.406))),
             std=list(std or data_config.get("std", (0.229, 0.224, 0.225))),
-            attention_prior=attention_prior,
+            attention_prior=attention_prior, aux_head=aux_head, backbone_width=backbone_width,
         )
         channels = self.backbone.num_features
         self.channel_attention = ChannelAttention(channels) if attention else nn.Identity()
@@ -91,6 +101,9 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         self.lstm = nn.LSTM(proj_dim or channels, lstm_hidden, num_layers=lstm_layers, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * lstm_hidden, num_classes)
+        # Training-only classifier on the pooled backbone features (deep supervision): it gives the backbone a direct
+        # gradient while the attention and the Bi-LSTM still pass almost nothing back, the start where runs stalled.
+        self.aux_head = nn.Linear(channels, num_classes) if aux_head else None
 
     @property
     def mean(self) -> list[float]:
@@ -115,7 +128,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         """Pretrained backbone weights from the hub, or from a local file when `path` is given."""
         name = self.config["backbone"]
         overlay = {"file": str(path)} if path else None
-        kwargs = {"output_stride": self.config["output_stride"]} if self.config["output_stride"] != 32 else {}
+        kwargs = backbone_options(name, self.config["output_stride"], self.config["backbone_width"])
         try:
             source = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, global_pool="", **kwargs)
         except Exception as err:  # hub unreachable, missing or mismatched file: all end the same way for the user
@@ -126,8 +139,10 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             ) from None
         self.backbone.load_state_dict(source.state_dict())
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, return_aux: bool = False):
+        """Logits; with `return_attention` also the (B, H, W) spatial map; with `return_aux` also the auxiliary logits."""
         features = self.backbone.forward_features(x)  # (B, C, H, W)
+        aux = self.aux_head(features.mean(dim=(2, 3))) if return_aux and self.aux_head is not None else None
         features = self.channel_attention(features)
         b, _, h, w = features.shape
         if self.spatial_attention is not None:
@@ -138,7 +153,8 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         self.lstm.flatten_parameters()  # one contiguous weight chunk (DDP / cuDNN)
         sequence, _ = self.lstm(tokens)
         logits = self.head(self.dropout(sequence.mean(dim=1)))
-        return (logits, attention) if return_attention else logits
+        outputs = (logits,) + ((attention,) if return_attention else ()) + ((aux,) if return_aux else ())
+        return outputs if len(outputs) > 1 else logits
 
 
 def build_model(config) -> EmotionNet:
@@ -146,7 +162,8 @@ def build_model(config) -> EmotionNet:
     model = EmotionNet(
         backbone=config.backbone, image_size=config.image_size, output_stride=config.output_stride,
         proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden, lstm_layers=config.lstm_layers,
-        dropout=config.dropout, attention=config.attention,
+        dropout=config.dropout, attention=config.attention, aux_head=config.aux_loss_weight > 0,
+        backbone_width=config.backbone_width,
     )
     if config.use_pretrained() or config.pretrained_path:
         model.load_backbone_weights(config.pretrained_path)

@@ -42,7 +42,8 @@ def log_epoch(accelerator, record: dict[str, Any], metrics: dict[str, Any], conf
     values = {
         "epoch": record["epoch"], "train/loss": record["train_loss"], "val/loss": record["val_loss"],
         "val/accuracy": record["val_accuracy"], "val/balanced_accuracy": record["val_balanced_accuracy"],
-        "val/macro_f1": record["val_macro_f1"], "lr": record["lr"], "train/images_per_second": record["train_images_per_second"],
+        "val/macro_f1": record["val_macro_f1"], "lr": record["lr"], "train/accuracy": record["train_accuracy"],
+        "val/attention_entropy": record["val_attention_entropy"], "val/attention_corner_share": record["val_attention_corner_share"], "train/images_per_second": record["train_images_per_second"],
         # The dashboard compares in percent: our accuracy beside the reference and the gap to it.
         "val/accuracy_percent": 100 * record["val_accuracy"], "baseline/accuracy": config.baseline_accuracy,
         "baseline/gap": 100 * record["val_accuracy"] - config.baseline_accuracy,

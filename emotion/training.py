@@ -33,10 +33,13 @@ from emotion.model import build_model, speed_up
 from emotion.runtime import make_accelerator, share_cpu_cores
 
 # Keys that define a run: resuming with any of them changed would silently train a different model.
-RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "image_size", "output_stride",
+RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "backbone_width", "image_size", "output_stride",
                      "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps", "seed",
-                     "soft_labels", "subset", "face_margin", "val_fraction")
+                     "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight")
 NAN_EXIT_CODE = 3
+# After this many epochs a run whose balanced accuracy is below STALL_MARGIN x chance gets a one-line warning.
+STALL_CHECK_EPOCH = 2
+STALL_MARGIN = 1.25
 
 
 class TrainingDiverged(EmotionError):
@@ -120,7 +123,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     accelerator.register_for_checkpointing(scheduler)
     criterion = build_criterion(torch.tensor(weights, dtype=torch.float32, device=accelerator.device),
-                                config.label_smoothing, soft=config.soft_labels)
+                                config.label_smoothing, soft=config.trains_on_soft_labels())
 
     # Everything the loop needs beyond Accelerate's own state; saved as trainer_state.json in each checkpoint.
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_complete": False,
@@ -146,25 +149,31 @@ def train(config: TrainConfig) -> dict[str, Any]:
         for epoch in range(first_epoch, config.epochs):
             skip_steps = state["step_in_epoch"] if (epoch == state["epoch"] and not state["epoch_complete"]) else 0
             if not skip_steps:
-                state.update(epoch_loss_sum=0.0, epoch_loss_steps=0)
+                state.update(epoch_loss_sum=0.0, epoch_loss_steps=0, epoch_correct=0.0, epoch_seen=0.0)
             state.update(epoch=epoch, step_in_epoch=skip_steps, epoch_complete=False)
             train_loss, images, seconds = train_one_epoch(accelerator, model, optimizer, criterion, train_loader, config,
                                                           state, stop, skip_steps, steps_per_epoch, output_dir, resumed_from)
             predictions = predict(model, val_loader, accelerator)
             metrics = compute_metrics(predictions.labels, predictions.predicted)
+            epoch_lr = optimizer.param_groups[0]["lr"]  # the lr this epoch trained with, before the scheduler moves it
             scheduler.step(metrics["accuracy"])
             record = {
                 "epoch": epoch + 1, "global_step": state["global_step"], "train_loss": train_loss,
+                "train_accuracy": state["epoch_correct"] / max(state["epoch_seen"], 1.0),
                 "val_loss": predictions.loss, "val_accuracy": metrics["accuracy"],
                 "val_balanced_accuracy": metrics["balanced_accuracy"], "val_macro_f1": metrics["macro_f1"],
-                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+                "val_attention_entropy": predictions.attention_entropy, "val_attention_corner_share": predictions.corner_share,
+                "lr": epoch_lr, "epoch_seconds": seconds,
                 "train_images_per_second": images / seconds if seconds > 0 else 0.0,
             }
             state["history"].append(record)
             tracking.log_epoch(accelerator, record, metrics, config)
-            accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train_loss {train_loss:.4f} val_loss {predictions.loss:.4f} "
+            accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train_loss {train_loss:.4f} "
+                              f"train_acc {100 * record['train_accuracy']:.2f}% val_loss {predictions.loss:.4f} "
                               f"val_acc {100 * metrics['accuracy']:.2f}% bal_acc {100 * metrics['balanced_accuracy']:.2f}% "
-                              f"({record['train_images_per_second']:.0f} img/s)")
+                              f"attn_entropy {predictions.attention_entropy:.2f} ({record['train_images_per_second']:.0f} img/s)")
+            if epoch + 1 == STALL_CHECK_EPOCH:
+                warn_if_at_chance(accelerator, metrics, config)
             if metrics["accuracy"] > state["best_accuracy"]:
                 state["best_accuracy"] = metrics["accuracy"]
                 save_best_model(accelerator, model, output_dir, config, record, metrics, predictions.neutral_attention)
@@ -209,15 +218,20 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
     progress = tqdm(total=steps_per_epoch, initial=skip_steps, desc=f"epoch {state['epoch'] + 1}/{config.epochs}",
                     disable=not accelerator.is_local_main_process, mininterval=1 if sys.stderr.isatty() else 30)
     images = 0
-    window_bad, window_loss, window_batches, window_indices = False, 0.0, 0, []
+    window_bad, window_loss, window_batches, window_indices, window_correct = False, 0.0, 0, [], 0.0
     started = time.perf_counter()
     try:
         for batch_in_epoch, batch in enumerate(loader, start=skip_batches):
             # Seed from the position, not the history, so a resumed run draws the same dropout masks.
             torch.manual_seed(hash((config.seed, state["epoch"], batch_in_epoch, accelerator.process_index)) & 0x7FFF_FFFF)
             with accelerator.accumulate(model):
-                logits = model(batch["pixel_values"])
-                loss = criterion(logits, batch)
+                if config.aux_loss_weight > 0:
+                    logits, aux_logits = model(batch["pixel_values"], return_aux=True)
+                    loss = criterion(logits, batch) + config.aux_loss_weight * criterion(aux_logits, batch)
+                else:
+                    logits = model(batch["pixel_values"])
+                    loss = criterion(logits, batch)
+                window_correct += float((logits.detach().argmax(dim=1) == batch["labels"]).sum())
                 if config.inject_nan_at_step is not None and state["global_step"] + 1 == config.inject_nan_at_step:
                     loss = loss * float("nan")
                 window_bad |= not bool(torch.isfinite(loss.detach()))
@@ -231,20 +245,24 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
                     grad_bad = grad_norm is not None and not bool(torch.isfinite(grad_norm)) and accelerator.mixed_precision != "fp16"
                     # One collective per step: any rank bad, any rank signalled, and the mean loss over ranks.
                     flags = torch.stack([torch.tensor(float(window_bad or grad_bad)), torch.tensor(float(stop.signum)),
-                                         (window_loss / window_batches).cpu()]).to(accelerator.device)
+                                         (window_loss / window_batches).cpu(), torch.tensor(window_correct),
+                                         torch.tensor(float(len(window_indices)))]).to(accelerator.device)
                     if accelerator.num_processes > 1:
                         flags = accelerator.reduce(flags, reduction="sum")
                     step_loss = flags[2].item() / accelerator.num_processes
                     if flags[0] > 0:
                         handle_bad_step(accelerator, optimizer, config, state, step_loss, grad_norm, window_indices, output_dir)
                     else:
+                        set_warmup_lr(optimizer, config, state["global_step"])
                         optimizer.step()
                         state["epoch_loss_sum"] += step_loss
                         state["epoch_loss_steps"] += 1
+                        state["epoch_correct"] = state.get("epoch_correct", 0.0) + flags[3].item()
+                        state["epoch_seen"] = state.get("epoch_seen", 0.0) + flags[4].item()
                     optimizer.zero_grad(set_to_none=True)
                     state["global_step"] += 1
                     state["step_in_epoch"] += 1
-                    window_bad, window_loss, window_batches, window_indices = False, 0.0, 0, []
+                    window_bad, window_loss, window_batches, window_indices, window_correct = False, 0.0, 0, [], 0.0
                     progress.update(1)
                     if state["global_step"] % 10 == 0:
                         tracking.log_step(accelerator, state["global_step"], step_loss, optimizer.param_groups[0]["lr"])
@@ -260,6 +278,14 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
         progress.close()  # ends the bar's line before any message that follows
     seconds = time.perf_counter() - started
     return state["epoch_loss_sum"] / max(state["epoch_loss_steps"], 1), images, seconds
+
+
+def set_warmup_lr(optimizer, config: TrainConfig, global_step: int) -> None:
+    """Linear warm-up from lr/10 to lr over --warmup-steps optimizer steps; afterwards the plateau scheduler owns the lr."""
+    if global_step < config.warmup_steps:
+        lr = config.lr * (0.1 + 0.9 * (global_step + 1) / config.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
 
 
 def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, loss: float, grad_norm, indices: list[int],
@@ -282,6 +308,17 @@ def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, lo
         f"non-finite loss ({diagnostics['loss']}) or gradient norm at epoch {diagnostics['epoch']}, optimizer step "
         f"{diagnostics['global_step']}: stopped; details in {output_dir / 'nan_diagnostics.jsonl'}, last good checkpoint "
         f"kept (lower --lr, or --nan-policy skip)")
+
+
+def warn_if_at_chance(accelerator, metrics: dict, config: TrainConfig) -> None:
+    """One line when validation is still at chance: the run keeps training, the user learns early what to change."""
+    present = sum(1 for row in metrics["per_class"].values() if row["support"] > 0)
+    chance = 1.0 / max(present, 1)
+    if metrics["balanced_accuracy"] < STALL_MARGIN * chance:
+        accelerator.print(
+            f"warning: after epoch {STALL_CHECK_EPOCH} validation balanced accuracy is {100 * metrics['balanced_accuracy']:.1f}%, "
+            f"chance level ({100 * chance:.1f}%): the model still predicts about one class; training goes on, but try "
+            f"--warmup-steps 200, a lower --lr (now {config.lr:g}) or --aux-loss-weight 0.5, and check the labels")
 
 
 def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, record: dict, metrics: dict,

@@ -130,3 +130,58 @@ def make_affectnet_plus(root: Path, hard_key: str = "human-label", soft_key: str
 def config(dataset: str, data_dir: Path, cache_dir: Path, **overrides) -> TrainConfig:
     return TrainConfig(**{"dataset": dataset, "data_dir": str(data_dir), "cache_dir": str(cache_dir), "image_size": 32,
                           "num_proc": 1, **overrides})
+
+
+FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+
+
+def ferplus_votes(**named: int) -> list[int]:
+    """Ten vote counts in FER+ file order from column names, e.g. ferplus_votes(sadness=6, anger=2)."""
+    return [named.get(column, 0) for column in FERPLUS_COLUMNS]
+
+
+def make_ferplus(root: Path, seed: int = 0) -> tuple[Path, dict]:
+    """FERPlus tools layout: FER2013{Train,Valid,Test}/ with 48 x 48 grey PNGs and a header-less label.csv.
+
+    Train: two clear majorities per emotion column (6 votes on it, 2 on the next column, 1 unknown, 1 NF), a tie
+    between two emotions, a tie between an emotion and unknown, an unknown majority, an NF majority, two malformed
+    rows (too few columns, a non-integer vote) and a listed file that is missing. Validation: one clear majority per
+    emotion column and a tie. Test: five clear majorities (neutral, happiness, sadness, anger, contempt) and an NF
+    majority. Returns root and, per split, the votes of every row by file name.
+    """
+    rng = np.random.default_rng(seed)
+    emotions = FERPLUS_COLUMNS[:8]
+    plan: dict[str, list[tuple[str, list[int] | list[str]]]] = {"FER2013Train": [], "FER2013Valid": [], "FER2013Test": []}
+    for k in range(2):
+        for i, column in enumerate(emotions):
+            plan["FER2013Train"].append((f"clear_{column}_{k}", ferplus_votes(**{column: 6, emotions[(i + 1) % 8]: 2,
+                                                                                 "unknown": 1, "NF": 1})))
+    plan["FER2013Train"] += [
+        ("tie", ferplus_votes(neutral=4, happiness=4, unknown=2)),
+        ("tie_with_unknown", ferplus_votes(sadness=4, unknown=4, happiness=1, NF=1)),
+        ("unknown", ferplus_votes(sadness=2, neutral=1, unknown=7)),
+        ("not_a_face", ferplus_votes(NF=10)),
+        ("missing", ferplus_votes(happiness=9, neutral=1)),
+    ]
+    plan["FER2013Valid"] = [(f"clear_{c}", ferplus_votes(**{c: 7, "neutral" if c != "neutral" else "fear": 3})) for c in emotions]
+    plan["FER2013Valid"].append(("tie", ferplus_votes(anger=5, disgust=5)))
+    plan["FER2013Test"] = [(f"clear_{c}", ferplus_votes(**{c: 8, "surprise" if c != "surprise" else "fear": 2}))
+                           for c in ("neutral", "happiness", "sadness", "anger", "contempt")]
+    plan["FER2013Test"].append(("not_a_face", ferplus_votes(NF=6, unknown=4)))
+    expected: dict[str, dict[str, list[int]]] = {}
+    number = 0
+    for folder, rows in plan.items():
+        csv_rows, expected[folder] = [], {}
+        for kind, votes in rows:
+            name = f"fer{number:07d}.png"
+            number += 1
+            if kind != "missing":
+                save(Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)), root / folder / name)  # mode L
+            csv_rows.append([name, "(0, 0, 48, 48)", *votes])
+            expected[folder][kind] = name
+        if folder == "FER2013Train":
+            csv_rows.append([f"fer{number:07d}.png", "(0, 0, 48, 48)", 1, 2, 3])                       # too few columns
+            csv_rows.append([f"fer{number + 1:07d}.png", "(0, 0, 48, 48)", "x", *ferplus_votes(anger=9)[1:]])  # not a count
+            number += 2
+        write_csv(root / folder / "label.csv", None, csv_rows)
+    return root, expected

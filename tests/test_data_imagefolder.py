@@ -1,7 +1,8 @@
-"""Folder-per-class sets: class names and aliases to canonical ids, split folders or a seeded stratified split,
-bad files counted in the report, the prepared cache reused and rebuilt."""
+"""Folder-per-class sets: class names and aliases to canonical ids, split folders (test/ kept apart, validation held
+out of train when there is no val/ folder) or a seeded stratified split, bad files counted in the report, the
+prepared cache reused and rebuilt."""
 import json
-from pathlib import Path
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -25,22 +26,60 @@ def folder_set(tmp_path_factory):
 
 def test_split_folders_map_to_canonical_classes_and_bad_files_are_reported(folder_set, tmp_path, capsys):
     splits = load_splits(config("imagefolder", folder_set, tmp_path))
+    # train/ + test/ only: validation is a share of train/, the test/ folder is a split of its own.
+    assert set(splits) == {"train", "validation", "test"}
     # 4 good per class; 'happiness' also holds 4 odd-but-usable files (grey, CMYK, RGBA, 16-bit); no contempt folder.
-    assert counts(splits["train"]) == [4, 8, 4, 4, 4, 4, 4, 0]
-    assert counts(splits["validation"]) == [2, 2, 2, 2, 2, 2, 2, 0]
+    held_and_trained = np.add(counts(splits["train"]), counts(splits["validation"])).tolist()
+    assert held_and_trained == [4, 8, 4, 4, 4, 4, 4, 0]
+    assert counts(splits["test"]) == [2, 2, 2, 2, 2, 2, 2, 0]
     assert splits["train"].features["label"].names == list(CLASS_NAMES)
     image = splits["train"][0]["image"]
     assert image.mode == "RGB" and image.size == (32, 32)
     [folder] = list(cache_root(str(tmp_path)).iterdir())
     report = json.loads((folder / "report.json").read_text())
-    skipped = report["splits"]["train"]["skipped"]
-    assert {r: v["count"] for r, v in skipped.items()} == {"empty_file": 1, "truncated": 1, "undecodable": 1}
-    assert skipped["truncated"]["examples"] == [str(folder_set / "train" / "happiness" / "truncated.jpg")]
-    converted = report["splits"]["train"]["converted"]
-    assert {r: v["count"] for r, v in converted.items()} == {"16bit": 1, "alpha": 1, "cmyk": 1, "grayscale": 1}
+    assert report["splits"]["test"]["kept"] == 14
+    skipped, converted = Counter(), Counter()
+    for split in ("train", "validation"):
+        skipped.update({r: v["count"] for r, v in report["splits"][split]["skipped"].items()})
+        converted.update({r: v["count"] for r, v in report["splits"][split]["converted"].items()})
+    assert skipped == {"empty_file": 1, "truncated": 1, "undecodable": 1}
+    examples = [e for split in ("train", "validation") for e in report["splits"][split]["skipped"].get("truncated", {}).get("examples", [])]
+    assert examples == [str(folder_set / "train" / "happiness" / "truncated.jpg")]
+    assert converted == {"16bit": 1, "alpha": 1, "cmyk": 1, "grayscale": 1}
     assert report["absent_classes"] == ["contempt"]
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("prepared:")]
     assert len(line) == 1 and "skipped 3" in line[0] and "absent classes: contempt" in line[0]
+    assert f"validation {len(splits['validation'])}, test 14;" in line[0]
+
+
+def test_train_and_test_folders_hold_validation_out_of_train_and_keep_test_apart(folder_set, tmp_path):
+    splits = load_splits(config("imagefolder", folder_set, tmp_path / "a"))
+    paths = {split: set(splits[split]["path"]) for split in splits}
+    assert all(p.startswith(str(folder_set / "test") + "/") for p in paths["test"])
+    assert all(p.startswith(str(folder_set / "train") + "/") for p in paths["train"] | paths["validation"])
+    assert not paths["train"] & paths["validation"]
+    # One of each class's train files held out (val-fraction 0.1, at least one per class; happiness: 1 of its 11 files).
+    [report_dir] = list(cache_root(str(tmp_path / "a")).iterdir())
+    validation = json.loads((report_dir / "report.json").read_text())["splits"]["validation"]
+    assert validation["kept"] + sum(v["count"] for v in validation["skipped"].values()) == 7
+    # The held-out share is drawn by --data-seed: --seed (training only) leaves it alone.
+    other_seed = load_splits(config("imagefolder", folder_set, tmp_path / "b", seed=7))
+    other_data_seed = load_splits(config("imagefolder", folder_set, tmp_path / "c", data_seed=7))
+    assert other_seed["validation"]["id"] == splits["validation"]["id"]
+    assert other_data_seed["validation"]["id"] != splits["validation"]["id"]
+    assert other_data_seed["test"]["id"] == splits["test"]["id"]
+
+
+def test_train_val_and_test_folders_are_three_splits(tmp_path):
+    root = make_imagefolder(tmp_path / "set", per_class=2, seed=3)
+    rng = np.random.default_rng(3)
+    for name in ("neutral", "happiness", "sadness"):
+        save(picture(rng, 48, 48), root / "valid" / name / "0.jpg")
+    (root / "test").rename(root / "testing")
+    splits = load_splits(config("imagefolder", root, tmp_path / "cache"))
+    assert counts(splits["validation"]) == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert counts(splits["test"]) == [2, 2, 2, 2, 2, 2, 2, 0]
+    assert counts(splits["train"]) == [2, 6, 2, 2, 2, 2, 2, 0]  # nothing held out of train
 
 
 def test_cache_is_reused_and_rebuilt_when_source_or_size_changes(tmp_path, capsys):
@@ -49,11 +88,11 @@ def test_cache_is_reused_and_rebuilt_when_source_or_size_changes(tmp_path, capsy
     load_splits(config("imagefolder", root, cache))
     again = load_splits(config("imagefolder", root, cache))
     assert "prepared cache reused" in capsys.readouterr().out
-    assert len(list(cache_root(str(cache)).iterdir())) == 1 and len(again["train"]) == 2 * 7 + 4
+    assert len(list(cache_root(str(cache)).iterdir())) == 1 and len(again["train"]) + len(again["validation"]) == 2 * 7 + 4
     load_splits(config("imagefolder", root, cache, image_size=40))  # another size: its own cache
     save(picture(np.random.default_rng(5)), root / "train" / "neutral" / "new.jpg")
     rebuilt = load_splits(config("imagefolder", root, cache))  # a new file: rebuilt
-    assert len(rebuilt["train"]) == 2 * 7 + 4 + 1
+    assert len(rebuilt["train"]) + len(rebuilt["validation"]) == 2 * 7 + 4 + 1
     assert rebuilt["train"][0]["image"].size == (32, 32)
     assert len(list(cache_root(str(cache)).iterdir())) == 3
     assert not [p for p in cache_root(str(cache)).iterdir() if p.name.startswith(".tmp")]
@@ -66,6 +105,7 @@ def test_without_split_folders_a_seeded_stratified_split(tmp_path):
     assert counts(first["validation"]) == [2, 2, 2, 2, 2, 2, 2, 0]  # 20% of each class (bad files then skipped)
     assert first["validation"]["id"] == second["validation"]["id"]
     assert not set(first["validation"]["path"]) & set(first["train"]["path"])
+    assert set(first) == {"train", "validation"}  # no test folder, no test split
 
 
 def test_unknown_class_folder_fails_by_name_unless_dropped(tmp_path):
@@ -74,7 +114,7 @@ def test_unknown_class_folder_fails_by_name_unless_dropped(tmp_path):
     with pytest.raises(EmotionError, match="confused.*--drop-unknown-classes"):
         load_splits(config("imagefolder", root, tmp_path / "cache"))
     splits = load_splits(config("imagefolder", root, tmp_path / "cache", drop_unknown_classes=True))
-    assert len(splits["train"]) == 7 + 4
+    assert len(splits["train"]) + len(splits["validation"]) == 7 + 4
 
 
 def test_unusable_source_is_one_line_error_before_training(tmp_path, capsys):
@@ -84,4 +124,4 @@ def test_unusable_source_is_one_line_error_before_training(tmp_path, capsys):
         code = prepare_main(["--dataset", "imagefolder", "--data-dir", str(path), "--cache-dir", str(tmp_path / "c")])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and str(path) in err and expected in err
-        assert "root/[train|val]/<class name>" in err
+        assert "root/train/<class name>" in err and "root/test/<class name>" in err

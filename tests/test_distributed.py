@@ -23,9 +23,11 @@ from emotion.training import sync_batchnorm
 from conftest import ROOT
 
 # float32 summation order only (all-reduce of two half-batch gradients vs one full batch). Measured: losses 1e-7
-# relative, weights 6e-6 after 4 AdamW steps at lr 3e-3; the same runs with BatchNorm differ by 1.2e-2.
+# relative; weights 6e-6 after 4 AdamW steps at lr 3e-3 without the auxiliary head and 1.4e-4 with it (Adam divides
+# near-zero gradients of early backbone convolutions by their own tiny norm, so summation noise there becomes a step);
+# the same runs with BatchNorm differ by 1.2e-2.
 LOSS_TOLERANCE = 1e-5
-WEIGHT_TOLERANCE = 1e-4
+WEIGHT_TOLERANCE = 5e-4
 COMMON = ["--preset", "tiny", "--backbone", "test_efficientnet_gn", "--dropout", "0", "--class-weights", "none",
           "--epochs", "2"]  # two epochs: the second checks the augmentation epoch reaches every rank
 
@@ -60,8 +62,8 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path, cache_dir):
     ddp_weights = load_file(tmp_path / "ddp" / "best_model" / "model.safetensors")
     single_weights = load_file(tmp_path / "single" / "best_model" / "model.safetensors")
     assert ddp_weights.keys() == single_weights.keys()
-    worst = max(float((ddp_weights[k].float() - single_weights[k].float()).abs().max()) for k in ddp_weights)
-    assert worst < WEIGHT_TOLERANCE, f"largest weight difference {worst}"
+    worst, key = max((float((ddp_weights[k].float() - single_weights[k].float()).abs().max()), k) for k in ddp_weights)
+    assert worst < WEIGHT_TOLERANCE, f"largest weight difference {worst} in {key}"
 
     # Only the main process writes and prints.
     assert ddp_out.count("final validation accuracy") == 1

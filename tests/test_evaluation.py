@@ -71,3 +71,40 @@ def test_wandb_offline_run_has_the_logged_keys(tmp_path, cache_dir):
         assert key.encode() in logged, key
     state = json.loads((output / "checkpoints" / "epoch_1" / "trainer_state.json").read_text())
     assert state["run_id"] in runs[0]  # the id a resumed run passes back to continue the same wandb run
+
+
+def tiny_saved_run(run, **config_fields):
+    """A run folder as training leaves it, without training: an untrained tiny model in best_model/ and config.json."""
+    from emotion.config import TrainConfig
+    from emotion.model import EmotionNet
+
+    EmotionNet(backbone="test_efficientnet", image_size=32, output_stride=16, lstm_hidden=8, proj_dim=8).save_pretrained(
+        str(run / "best_model"))
+    TrainConfig(image_size=32, num_proc=1, num_workers=0, **config_fields).save(run / "config.json")
+    return run / "best_model"
+
+
+def test_test_split_of_a_ferplus_run_and_one_line_error_without_one(tmp_path, capsys):
+    from data_fakes import make_ferplus, make_imagefolder
+    from emotion.cli import eval_main, eval_parser
+    from emotion.data.prepare import cache_root
+
+    root, _ = make_ferplus(tmp_path / "ferplus")
+    cache = tmp_path / "cache"
+    model = tiny_saved_run(tmp_path / "run", dataset="ferplus", data_dir=str(root), cache_dir=str(cache), label_mode="soft")
+    assert eval_main(["--model", str(model), "--split", "test", "--batch-size", "4"]) == 0
+    report = json.loads((tmp_path / "run" / "eval-test" / "report.json").read_text())  # the validation report stays apart
+    assert report["split"] == "test" and report["dataset"] == "ferplus" and report["num_samples"] == 5
+    assert sum(row["support"] for row in report["per_class"].values()) == 5 and report["per_class"]["contempt"]["support"] == 1
+    assert "- split: `test`" in (tmp_path / "run" / "eval-test" / "report.md").read_text()
+    # The cache was built with the run's label mode (from config.json beside best_model), not the default.
+    [prepared] = list(cache_root(str(cache)).iterdir())
+    assert json.loads((prepared / "report.json").read_text())["options"] == {"label_mode": "soft"}
+    assert eval_parser().parse_args(["--model", "m", "--dataset", "ferplus", "--split", "test"]).dataset == "ferplus"
+
+    flat = make_imagefolder(tmp_path / "flat", per_class=2, with_splits=False)
+    capsys.readouterr()
+    code = eval_main(["--model", str(model), "--dataset", "imagefolder", "--data-dir", str(flat), "--split", "test"])
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # (progress bars aside)
+    assert code == 2 and error.startswith("error: --split test: ")
+    assert f"the imagefolder data set at {flat} has no test split (it has train, validation)" in error

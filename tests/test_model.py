@@ -76,3 +76,29 @@ def test_unreachable_hub_is_one_clear_line():
         build_model(config)  # HF_HUB_OFFLINE=1 in tests: no download possible
     message = str(err.value)
     assert "--no-pretrained" in message and "--pretrained-path" in message and "\n" not in message
+
+
+def test_aux_head_is_training_only_and_saved(tmp_path):
+    model = tiny(aux_head=True, output_stride=16)
+    logits, attention, aux = model(torch.randn(3, 3, 64, 64), return_attention=True, return_aux=True)
+    assert logits.shape == aux.shape == (3, 8) and attention.shape == (3, 4, 4)
+    assert not torch.allclose(logits, aux)
+    plain = model(torch.randn(3, 3, 64, 64))
+    assert isinstance(plain, torch.Tensor) and plain.shape == (3, 8)  # inference and export see only the logits
+    model.save_pretrained(tmp_path)
+    again = load_model(tmp_path)
+    assert again.aux_head is not None and again.config["aux_head"] is True
+    assert torch.equal(again.aux_head.weight, model.aux_head.weight)
+
+
+def test_backbone_width_multiplies_the_channels_and_travels_in_the_config(tmp_path):
+    narrow, wide = tiny(), tiny(backbone_width=2.0)
+    assert wide.backbone.num_features == 2 * narrow.backbone.num_features
+    wide.save_pretrained(tmp_path)
+    assert load_model(tmp_path).backbone.num_features == wide.backbone.num_features
+
+
+def test_build_model_follows_the_recipe_fields():
+    config = TrainConfig(**{**PRESETS["tiny"], "aux_loss_weight": 0.0, "backbone_width": 2.0})
+    model = build_model(config)
+    assert model.aux_head is None and model.config["backbone_width"] == 2.0

@@ -1,4 +1,5 @@
-"""Data: one reader per source -> `datasets.DatasetDict` with 'train' and 'validation' -> transforms -> loaders.
+"""Data: one reader per source -> `datasets.DatasetDict` with 'train', 'validation' (and 'test' when the source
+has one, kept apart from training and model selection) -> transforms -> loaders.
 
 Every reader returns the same columns: `image` (datasets Image), `label` (ClassLabel over CLASS_NAMES),
 `id` (string). Knows nothing of the model: preprocessing numbers come in as arguments.

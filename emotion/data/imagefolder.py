@@ -1,7 +1,9 @@
-"""Folder-per-class sets (FER2013, RAF-DB, CK+, JAFFE, ExpW exports): root/[train|val|test]/<class>/*, or root/<class>/*.
+"""Folder-per-class sets (FER2013, RAF-DB, CK+, JAFFE, ExpW exports): root/{train,val,test}/<class>/*, or root/<class>/*.
 
-Class folders map by name (aliases included) to the canonical 8. Split folders are used when present; otherwise,
-or when only a train folder exists, a seeded stratified split holds out `val_fraction` of each class.
+Class folders map by name (aliases included) to the canonical 8. `train|training` is the train split, `val|validation|
+valid` the validation split and `test|testing` a test split kept apart: it is never used for model selection. Without
+a validation folder (root/<class>/* only, train/ only, or train/ + test/ as many sets ship), a stratified split seeded
+by `data_seed` holds out `val_fraction` of each class of train as validation.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from emotion.errors import EmotionError
 from emotion.labels import CLASS_NAMES, canonical_label
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"})
-SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "validation", "valid", "test", "testing")}
-LAYOUT = "root/[train|val]/<class name>/*.jpg or root/<class name>/*.jpg"
+SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "validation", "valid"), "test": ("test", "testing")}
+LAYOUT = "root/train/<class name>/*.jpg with optional root/val/<class name>/ and root/test/<class name>/, or root/<class name>/*.jpg"
 
 
 def _subfolders(folder: Path) -> dict[str, Path]:
@@ -66,23 +68,30 @@ def read_imagefolder(config) -> Source:
         raise EmotionError(f"--data-dir {root} is not a folder: expected a folder-per-class data set ({LAYOUT})")
     options = {"val_fraction": config.val_fraction, "drop_unknown_classes": config.drop_unknown_classes}
     source = Source(dataset="imagefolder", root=root, splits={}, options=options)
+    drop = config.drop_unknown_classes
+
+    def read(folder: Path, split: str, counted_in: str | None = None) -> list[Record]:
+        counted_in = counted_in or split
+        return _read_classes(folder, split, drop, source.skipped[counted_in], source.excluded[counted_in])
+
     folders = _subfolders(root)
     train_dir = _split_folder(folders, "train")
-    if train_dir is None:
-        everything = _read_classes(root, "all", config.drop_unknown_classes, source.skipped["train"], source.excluded["train"])
-        train, validation = stratified_split(everything, config.val_fraction, config.seed)
-        options["split"] = f"stratified seed {config.seed}"
+    val_dir = _split_folder(folders, "validation") if train_dir is not None else None
+    test_dir = _split_folder(folders, "test") if train_dir is not None else None
+    # Model selection and the lr schedule look at validation only: without a val folder it is a seeded, stratified
+    # share of train (drawn by --data-seed, so a sweep over --seed keeps it), never the test folder.
+    train = read(train_dir, "train") if train_dir is not None else read(root, "all", counted_in="train")
+    if val_dir is None:
+        train, validation = stratified_split(train, config.val_fraction, config.data_seed)
+        held = f"stratified {config.val_fraction} of {train_dir.name if train_dir else 'all'} seed {config.data_seed}"
     else:
-        train = _read_classes(train_dir, "train", config.drop_unknown_classes, source.skipped["train"], source.excluded["train"])
-        val_dir = _split_folder(folders, "validation")
-        if val_dir is None:
-            train, validation = stratified_split(train, config.val_fraction, config.seed)
-            options["split"] = f"stratified seed {config.seed}"
-        else:
-            validation = _read_classes(val_dir, "validation", config.drop_unknown_classes, source.skipped["validation"],
-                                       source.excluded["validation"])
-            options["split"] = f"folders {train_dir.name}/{val_dir.name}"
+        validation = read(val_dir, "validation")
+        held = f"folder {val_dir.name}"
+    options["split"] = f"train {train_dir.name if train_dir else 'all'}, validation {held}" + \
+        (f", test folder {test_dir.name}" if test_dir is not None else "")
     if not train:
         raise EmotionError(f"no images found under {root}: expected a folder-per-class data set ({LAYOUT})")
     source.splits = {"train": train, "validation": validation}
+    if test_dir is not None:
+        source.splits["test"] = read(test_dir, "test")
     return source

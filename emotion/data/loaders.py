@@ -11,24 +11,26 @@ from torch.utils.data import DataLoader, Dataset
 
 from emotion.data.affectnet import read_affectnet
 from emotion.data.affectnet_plus import read_affectnet_plus
+from emotion.data.ferplus import read_ferplus
 from emotion.data.imagefolder import read_imagefolder
 from emotion.data.prepare import prepared_splits
 from emotion.errors import EmotionError
 from emotion.labels import NUM_CLASSES
 
 # Real sources: each reader lists records; emotion.data.prepare turns them into the cached Arrow splits.
-READERS = {"imagefolder": read_imagefolder, "affectnet": read_affectnet, "affectnet_plus": read_affectnet_plus}
+READERS = {"imagefolder": read_imagefolder, "affectnet": read_affectnet, "affectnet_plus": read_affectnet_plus,
+           "ferplus": read_ferplus}
 
 
 def load_splits(config) -> datasets.DatasetDict:
-    """The 'train' and 'validation' splits of the source a TrainConfig names."""
+    """The 'train' and 'validation' splits of the source a TrainConfig names, plus 'test' when the source has one."""
     if config.dataset == "synthetic":
         from emotion.synthetic import load_synthetic
 
         # Rendering is CPU-bound: use every core once the set is big enough to repay the process start-up.
         num_proc = config.num_proc or ((os.cpu_count() or 1) if config.synthetic_train >= 1000 else None)
         return load_synthetic(config.synthetic_train, config.synthetic_val, image_size=config.image_size,
-                              seed=config.seed, cache_dir=config.cache_dir, num_proc=num_proc)
+                              seed=config.data_seed, cache_dir=config.cache_dir, num_proc=num_proc)
     if config.dataset not in READERS:
         raise EmotionError(f"unknown --dataset {config.dataset!r}: choose synthetic, {', '.join(READERS)}")
     return prepared_splits(config, READERS[config.dataset])

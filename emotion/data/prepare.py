@@ -1,6 +1,7 @@
 """Prepare once, train fast: decode, check, crop and resize every source image once into an Arrow cache.
 
-A reader (imagefolder, affectnet, affectnet_plus) lists `Record`s per split; `prepared_splits` turns them into a
+A reader (imagefolder, affectnet, affectnet_plus, ferplus) lists `Record`s per split ('train', 'validation' and,
+when the source has one, a 'test' split kept apart from model selection); `prepared_splits` turns them into a
 `datasets.DatasetDict` saved under `<cache_dir>/prepared/<dataset>-<key>/`, where the key hashes the source files'
 sizes and modification times, the image size and every reader option that changes pixels or rows: the same call
 reuses the cache, any change rebuilds it. Bad files are counted per reason (with example paths) in `report.json`
@@ -33,7 +34,8 @@ DEFAULT_CACHE_DIR = Path("~/.cache/emotion")
 EXAMPLES_PER_REASON = 5
 # JPEG q95 keeps a full AffectNet cache at 224 px about 4x smaller than PNG at no visible cost.
 JPEG_QUALITY = 95
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
+REQUIRED_SPLITS = ("train", "validation")  # every reader lists these; "test" only when the source has a test split
 
 
 @dataclass
@@ -70,11 +72,15 @@ class Source:
 
     dataset: str
     root: Path
-    splits: dict[str, list[Record]]
+    splits: dict[str, list[Record]]  # "train" and "validation", plus "test" when the source has one
     options: dict[str, Any]  # reader options that change the rows or pixels (part of the cache key)
     skipped: dict[str, Issues] = field(default_factory=lambda: {s: Issues() for s in SPLITS})
     excluded: dict[str, Issues] = field(default_factory=lambda: {s: Issues() for s in SPLITS})
     stat_files: list[Path] = field(default_factory=list)  # label files whose changes must rebuild the cache
+
+    def split_names(self) -> tuple[str, ...]:
+        """The splits this source provides, in SPLITS order."""
+        return tuple(s for s in SPLITS if s in REQUIRED_SPLITS or s in self.splits)
 
 
 class SkipImage(Exception):
@@ -191,7 +197,7 @@ def cache_key(source: Source, image_size: int) -> str:
     digest.update(json.dumps(header, sort_keys=True).encode())
     for path in source.stat_files:
         digest.update(f"{path}|{_stat(str(path))}".encode())
-    for split in SPLITS:
+    for split in source.split_names():
         for r in source.splits[split]:
             digest.update(f"{split}|{r.path}|{r.label}|{r.box}|{r.soft_label}|{_stat(r.path)}\n".encode())
     return digest.hexdigest()[:16]
@@ -213,14 +219,14 @@ def build_prepared(source: Source, target: Path, image_size: int, num_proc: int 
     """Build the cache in a temporary folder next to `target`, then rename it into place; return the report."""
     import datasets
 
-    with_soft = any(r.soft_label is not None for split in SPLITS for r in source.splits[split])
+    with_soft = any(r.soft_label is not None for split in source.split_names() for r in source.splits[split])
     margin = float(source.options.get("face_margin", 0.0))
     work = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
         prepared, report = {}, {"dataset": source.dataset, "root": str(source.root), "image_size": image_size,
                                 "options": source.options, "splits": {}}
-        for split in SPLITS:
+        for split in source.split_names():
             records = [r.__dict__ for r in source.splits[split]]
             converted, skipped = Issues(), source.skipped[split]
             if records:
@@ -251,7 +257,9 @@ def build_prepared(source: Source, target: Path, image_size: int, num_proc: int 
         train_counts = report["splits"]["train"]["per_class"]
         report["absent_classes"] = [n for n in CLASS_NAMES if train_counts[n] == 0]
         report["soft_labels"] = with_soft
-        datasets.DatasetDict(prepared).save_to_disk(str(work / "data"))
+        # An empty split (every image skipped) would be saved as 0 shards, which load_from_disk cannot read back.
+        datasets.DatasetDict(prepared).save_to_disk(str(work / "data"),
+                                                    num_shards={k: 1 if len(v) == 0 else None for k, v in prepared.items()})
         (work / "data" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         try:
             (work / "data").rename(target)
@@ -296,6 +304,8 @@ def prepared_splits(config, read: Callable[[Any], Source], log: Callable[[str], 
     if report["splits"]["train"]["kept"] == 0:
         raise EmotionError(f"no usable training image in {source.root}: every one was skipped; see {target / 'report.json'}")
     splits = datasets.load_from_disk(str(target))
-    if getattr(config, "soft_labels", False) and "soft_label" not in splits["train"].column_names:
-        raise EmotionError(f"--soft-labels: {source.root} has no soft labels; drop --soft-labels to train on hard labels")
+    soft = config.trains_on_soft_labels() if hasattr(config, "trains_on_soft_labels") else getattr(config, "soft_labels", False)
+    if soft and "soft_label" not in splits["train"].column_names:
+        flag = "--label-mode soft" if getattr(config, "label_mode", "majority") == "soft" else "--soft-labels"
+        raise EmotionError(f"{flag}: {source.root} has no soft labels; drop {flag} to train on hard labels")
     return splits

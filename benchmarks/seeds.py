@@ -1,0 +1,106 @@
+"""Train one preset over several seeds and tabulate how reliably it learns.
+
+    python benchmarks/seeds.py --preset cpu --seeds 0-9
+    python benchmarks/seeds.py --preset cpu --seeds 0,1,2 --dataset ferplus --data-dir /data/FERPlus --no-pretrained
+    python benchmarks/seeds.py --preset cpu --seeds 2-4 -- --epochs 3      # anything after -- goes to every training run
+
+Each seed is a full `train_accelerate.py` run (only --seed differs: the data stay fixed by --data-seed), then
+`eval_accelerate.py --split test` on its best model when the data set has a test split. Prints a markdown table
+(seed, epochs, best and final validation accuracy, test accuracy, minutes) and writes it with the raw rows as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-9' or '0,1,2' or '2-4,42'."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            low, high = (int(v) for v in part.split("-", 1))
+            if high < low:
+                raise argparse.ArgumentTypeError(f"seed range {part!r} runs backwards: write LOW-HIGH")
+            seeds.extend(range(low, high + 1))
+        else:
+            seeds.append(int(part))
+    return seeds
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def one_seed(seed: int, options: argparse.Namespace, extra: list[str]) -> dict:
+    out = Path(options.output_root) / f"seed{seed}"
+    train_args = [str(ROOT / "train_accelerate.py"), "--preset", options.preset, "--dataset", options.dataset, "--seed", str(seed),
+                  "--output-dir", str(out), *extra]
+    if options.data_dir:
+        train_args += ["--data-dir", options.data_dir]
+    started = time.perf_counter()
+    trained = run(train_args)
+    minutes = (time.perf_counter() - started) / 60
+    if trained.returncode != 0:
+        return {"seed": seed, "error": (trained.stderr.strip().splitlines() or ["?"])[-1], "minutes": minutes}
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    row = {"seed": seed, "epochs": len(history), "best_val_accuracy": max(r["val_accuracy"] for r in history),
+           "final_val_accuracy": history[-1]["val_accuracy"], "final_train_accuracy": history[-1].get("train_accuracy"),
+           "test_accuracy": None, "minutes": minutes, "output_dir": str(out)}
+    evaluated = run([str(ROOT / "eval_accelerate.py"), "--model", str(out / "best_model"), "--split", "test"])
+    if evaluated.returncode == 0:
+        report = json.loads((out / "eval-test" / "report.json").read_text())
+        row.update(test_accuracy=report["accuracy"], test_balanced_accuracy=report["balanced_accuracy"])
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    lines = ["| seed | epochs | best val acc % | final val acc % | test acc % | minutes |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['seed']} | failed: {r['error']} | | | | {r['minutes']:.1f} |")
+        else:
+            lines.append(f"| {r['seed']} | {r['epochs']} | {pct(r['best_val_accuracy'])} | {pct(r['final_val_accuracy'])} | "
+                         f"{pct(r['test_accuracy'])} | {r['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="training preset (default: cpu)")
+    parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-4"), help="'0-9', '0,1,2' (default: 0-4)")
+    parser.add_argument("--dataset", default="synthetic", help="data set (default: synthetic)")
+    parser.add_argument("--data-dir", default=None, help="root of a real data set")
+    parser.add_argument("--output-root", default="results/seeds", help="one run folder per seed under it (default: results/seeds)")
+    parser.add_argument("--output", default=None, help="JSON path (default: <output-root>/seeds.json)")
+    options = parser.parse_args(argv)
+    rows = []
+    for seed in options.seeds:
+        rows.append(one_seed(seed, options, extra))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    ok = [r for r in rows if "error" not in r]
+    summary = {"preset": options.preset, "dataset": options.dataset, "extra_args": extra, "rows": rows}
+    if ok:
+        finals = [r["final_val_accuracy"] for r in ok]
+        summary.update(min_final_val_accuracy=min(finals), max_final_val_accuracy=max(finals))
+    output = Path(options.output or Path(options.output_root) / "seeds.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(summary, indent=2) + "\n")
+    print("\n" + table(rows) + f"\n\nJSON: {output}")
+    return 0 if len(ok) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
