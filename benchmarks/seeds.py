@@ -57,6 +57,8 @@ def one_seed(seed: int, options: argparse.Namespace, extra: list[str]) -> dict:
     if evaluated.returncode == 0:
         report = json.loads((out / "eval-test" / "report.json").read_text())
         row.update(test_accuracy=report["accuracy"], test_balanced_accuracy=report["balanced_accuracy"])
+    elif "has no test split" not in evaluated.stderr:  # a data set without one is normal; any other failure is kept
+        row["test_error"] = (evaluated.stderr.strip().splitlines() or ["?"])[-1]
     return row
 
 

@@ -24,13 +24,15 @@ def presets_help() -> str:
     """The values each preset sets, and what it changes on real data: the end of `--help`."""
     from emotion.config import PRESETS, REAL_DATA_OVERRIDES
 
+    def flags(values: dict) -> str:
+        return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+
     lines = ["presets (explicit flags win; without --preset: cpu for the synthetic set or a machine without a GPU, "
              "b4 for real data on a GPU):"]
     for name, values in PRESETS.items():
-        lines.append(f"  {name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items()))
+        lines.append(f"  {name}: {flags(values)}")
         if name in REAL_DATA_OVERRIDES:
-            lines.append(f"  {name} on a real data set, instead: "
-                         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in REAL_DATA_OVERRIDES[name].items()))
+            lines.append(f"  {name} on a real data set, instead: {flags(REAL_DATA_OVERRIDES[name])}")
     return "\n".join(lines)
 
 

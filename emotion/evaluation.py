@@ -29,6 +29,7 @@ class Predictions:
     neutral_attention: np.ndarray | None = None  # mean spatial attention (H, W) over the faces labelled neutral
     attention_entropy: float = float("nan")  # mean entropy of the attention maps / log(H*W): 1 = uniform, 0 = one cell
     corner_share: float = float("nan")  # share of faces whose attention peaks on one of the grid's 4 corner cells
+    corner_chance: float = float("nan")  # the share a peak on a random cell would give: 4 / (H*W)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -69,6 +70,7 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
         neutral_attention=(attention_sum / neutral_count).numpy() if neutral_count else None,
         attention_entropy=float(torch.cat(entropies).mean()),
         corner_share=float(torch.cat(corners).float().mean()),
+        corner_chance=min(1.0, 4 / gathered[4][0].numel()),
     )
 
 
@@ -211,12 +213,10 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
     model, loader = accelerator.prepare(model, loader)
     predictions = predict(model, loader, accelerator, tta=tta)
     report = compute_metrics(predictions.labels, predictions.predicted)
-    unwrapped = accelerator.unwrap_model(model)
-    grid = unwrapped.image_size // unwrapped.config["output_stride"]
     report.update(model=str(model_dir), dataset=config.dataset, data_dir=config.data_dir, split=split, tta=tta or "none",
                   loss=predictions.loss, attention_entropy=predictions.attention_entropy,
                   attention_corner_share=predictions.corner_share,
-                  attention_corner_chance=4 / (grid * grid) if grid > 1 else 1.0)
+                  attention_corner_chance=predictions.corner_chance)
     # A test-split report must not overwrite the validation report of the same run.
     output_dir = output_dir or model_dir.parent / ("eval" if split == "validation" else f"eval-{split}")
     if accelerator.is_main_process:

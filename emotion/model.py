@@ -44,7 +44,7 @@ class SpatialAttention(nn.Module):
         return x * attention * (h * w), attention[:, 0]
 
 
-def backbone_options(backbone: str, output_stride: int, width: float) -> dict:
+def backbone_options(output_stride: int, width: float) -> dict:
     """timm keyword arguments beyond the defaults: output stride, and channel width for the EfficientNet family."""
     options: dict = {"output_stride": output_stride} if output_stride != 32 else {}
     if width != 1.0:
@@ -79,7 +79,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         backbone_width: float = 1.0,
     ) -> None:
         super().__init__()
-        backbone_kwargs = backbone_options(backbone, output_stride, backbone_width)
+        backbone_kwargs = backbone_options(output_stride, backbone_width)
         try:
             self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="", **backbone_kwargs)
         except (RuntimeError, TypeError) as err:  # unknown name, or an option (output_stride) it lacks
@@ -128,7 +128,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         """Pretrained backbone weights from the hub, or from a local file when `path` is given."""
         name = self.config["backbone"]
         overlay = {"file": str(path)} if path else None
-        kwargs = backbone_options(name, self.config["output_stride"], self.config["backbone_width"])
+        kwargs = backbone_options(self.config["output_stride"], self.config["backbone_width"])
         try:
             source = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, global_pool="", **kwargs)
         except Exception as err:  # hub unreachable, missing or mismatched file: all end the same way for the user

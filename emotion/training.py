@@ -128,6 +128,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # Everything the loop needs beyond Accelerate's own state; saved as trainer_state.json in each checkpoint.
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_complete": False,
                              "best_accuracy": -1.0, "bad_steps": 0, "epoch_loss_sum": 0.0, "epoch_loss_steps": 0,
+                             "epoch_correct": 0.0, "epoch_seen": 0.0,
                              "history": [], "run_id": uuid.uuid4().hex[:8], "config": config.to_dict()}
     resumed_from = None
     if config.resume:
@@ -135,7 +136,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if found is None:
             accelerator.print(f"no complete checkpoint in {output_dir}: starting from scratch")
         else:
-            state, resumed_from = found
+            loaded, resumed_from = found
+            state = {**state, **loaded}  # keys added since that checkpoint was written start at their defaults
             check_same_run(state["config"], config, resumed_from)
             state["config"] = config.to_dict()
             accelerator.print(f"resumed from {resumed_from} (epoch {state['epoch'] + 1}, optimizer step {state['global_step']})")
@@ -257,8 +259,8 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
                         optimizer.step()
                         state["epoch_loss_sum"] += step_loss
                         state["epoch_loss_steps"] += 1
-                        state["epoch_correct"] = state.get("epoch_correct", 0.0) + flags[3].item()
-                        state["epoch_seen"] = state.get("epoch_seen", 0.0) + flags[4].item()
+                        state["epoch_correct"] += flags[3].item()
+                        state["epoch_seen"] += flags[4].item()
                     optimizer.zero_grad(set_to_none=True)
                     state["global_step"] += 1
                     state["step_in_epoch"] += 1
@@ -318,7 +320,8 @@ def warn_if_at_chance(accelerator, metrics: dict, config: TrainConfig) -> None:
         accelerator.print(
             f"warning: after epoch {STALL_CHECK_EPOCH} validation balanced accuracy is {100 * metrics['balanced_accuracy']:.1f}%, "
             f"chance level ({100 * chance:.1f}%): the model still predicts about one class; training goes on, but try "
-            f"--warmup-steps 200, a lower --lr (now {config.lr:g}) or --aux-loss-weight 0.5, and check the labels")
+            f"--warmup-steps 200, a lower --lr (now {config.lr:g}), --aux-loss-weight (now {config.aux_loss_weight:g}) "
+            f"and check the labels")
 
 
 def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, record: dict, metrics: dict,

@@ -120,9 +120,7 @@ def read_ferplus(config) -> Source:
     root = Path(config.data_dir).expanduser()
     if not root.is_dir():
         raise EmotionError(f"--data-dir {root} is not a folder: expected the FER+ layout {LAYOUT}")
-    label_mode = getattr(config, "label_mode", "majority")
-    if label_mode not in ("majority", "soft"):
-        raise EmotionError(f"unknown --label-mode {label_mode!r}: choose majority or soft")
+    label_mode = config.label_mode  # checked by emotion.config.validate
     source = Source(dataset="ferplus", root=root, splits={}, options={"label_mode": label_mode})
     for split, name in SPLIT_FOLDERS.items():
         folder = root / name

@@ -304,8 +304,7 @@ def prepared_splits(config, read: Callable[[Any], Source], log: Callable[[str], 
     if report["splits"]["train"]["kept"] == 0:
         raise EmotionError(f"no usable training image in {source.root}: every one was skipped; see {target / 'report.json'}")
     splits = datasets.load_from_disk(str(target))
-    soft = config.trains_on_soft_labels() if hasattr(config, "trains_on_soft_labels") else getattr(config, "soft_labels", False)
-    if soft and "soft_label" not in splits["train"].column_names:
-        flag = "--label-mode soft" if getattr(config, "label_mode", "majority") == "soft" else "--soft-labels"
+    if config.trains_on_soft_labels() and "soft_label" not in splits["train"].column_names:
+        flag = "--label-mode soft" if config.label_mode == "soft" else "--soft-labels"
         raise EmotionError(f"{flag}: {source.root} has no soft labels; drop {flag} to train on hard labels")
     return splits
