@@ -19,9 +19,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
-# Train on the built-in synthetic faces with the `cpu` preset, then evaluate the best model.
+# Train on the built-in synthetic faces with the `cpu` preset, then evaluate the best model. Run again, it continues
+# the run in $(RUN) where it stopped (a finished run is only evaluated again); delete $(RUN) for a fresh one.
 quickstart: install
-	$(PY) train_accelerate.py --preset cpu --output-dir $(RUN)
+	$(PY) train_accelerate.py --preset cpu --output-dir $(RUN) --resume latest
 	$(PY) eval_accelerate.py --model $(RUN)/best_model --output-dir $(RUN)/eval
 
 test: $(VENV)/.installed-dev

@@ -4,7 +4,8 @@
     python benchmarks/seeds.py --preset cpu --seeds 0,1,2 --dataset ferplus --data-dir /data/FERPlus --no-pretrained
     python benchmarks/seeds.py --preset cpu --seeds 2-4 -- --epochs 3      # anything after -- goes to every training run
 
-Each seed is a full `train_accelerate.py` run (only --seed differs: the data stay fixed by --data-seed), then
+Each seed is a full `train_accelerate.py` run (only --seed differs: the data stay fixed by --data-seed; a run already
+in its folder is replaced, so every row is measured now), then
 `eval_accelerate.py --split test` on its best model when the data set has a test split. Prints a markdown table
 (seed, epochs, best and final validation accuracy, test accuracy, minutes) and writes it with the raw rows as JSON.
 """
@@ -41,7 +42,7 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 def one_seed(seed: int, options: argparse.Namespace, extra: list[str]) -> dict:
     out = Path(options.output_root) / f"seed{seed}"
     train_args = [str(ROOT / "train_accelerate.py"), "--preset", options.preset, "--dataset", options.dataset, "--seed", str(seed),
-                  "--output-dir", str(out), *extra]
+                  "--output-dir", str(out), "--overwrite", *extra]
     if options.data_dir:
         train_args += ["--data-dir", options.data_dir]
     started = time.perf_counter()

@@ -1,20 +1,22 @@
-"""Everything that touches checkpoint files: atomic save, find latest complete, load with fallback, prune,
-the interrupted/ state, NaN diagnostics, and the signal handler that asks the loop to stop.
+"""Everything that touches run files: the run folder's identity, atomic save, find latest complete, load with
+fallback, prune, the interrupted/ state, the best model's replacement, and the signal handler that asks the loop to stop.
 
-A checkpoint is an `accelerator.save_state` folder plus `trainer_state.json`, written into a temporary
-folder and renamed into place after `COMPLETE` (written last) is on disk. Folders without it are ignored.
+A checkpoint is an `accelerator.save_state` folder plus `trainer_state.json`, written into a temporary folder,
+fsynced, marked `COMPLETE` (written last) and renamed into place. Folders without the marker are ignored.
+A folder that is replaced (best_model/, interrupted/) keeps its old version as `<name>.previous` until the new one
+is renamed in: after a kill at any instant one of the two is complete, and the next run puts it back.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from emotion.errors import EmotionError
 
@@ -24,8 +26,38 @@ COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
 INTERRUPTED = "interrupted"
-# Testing hook (documented in docs/fault-tolerance.md): seconds to pause before a checkpoint is marked complete.
-SAVE_DELAY_SECONDS = float(os.environ.get("EMOTION_FAULT_SAVE_DELAY", "0"))
+BEST_MODEL = "best_model"
+RUN_CONFIG = "config.json"
+PREVIOUS = ".previous"
+CHECKPOINT_NAME = re.compile(r"(epoch|step)_\d+")
+# What a training run writes into its folder: any of these present means the folder holds a run.
+RUN_ENTRIES = (RUN_CONFIG, BEST_MODEL, BEST_MODEL + PREVIOUS, CHECKPOINTS, INTERRUPTED, INTERRUPTED + PREVIOUS,
+               "metrics.jsonl", "nan_diagnostics.jsonl")
+
+
+class RunMismatch(EmotionError):
+    """The folder or checkpoint belongs to another run: refused, never treated as corrupt."""
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a folder, so the names created or renamed in it survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(path: Path) -> None:
+    """fsync every file under `path`, then its folders, deepest first: the data is on disk before a marker says so."""
+    for folder, _, files in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        sync_dir(Path(folder))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -37,16 +69,57 @@ def write_json_atomic(path: Path, data: Any) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    sync_dir(path.parent)
+
+
+def remove_directory(path: Path) -> None:
+    """Rename out of sight, then delete: a kill mid-delete never leaves a half folder under a name that is read."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".trash-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    sync_dir(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def restore_previous(final: Path) -> None:
+    """Finish a replacement a kill interrupted: put `<final>.previous` back when `final` is missing, else drop it."""
+    previous = final.with_name(final.name + PREVIOUS)
+    if not previous.exists():
+        return
+    if final.exists():
+        remove_directory(previous)
+    else:
+        os.replace(previous, final)
+        sync_dir(final.parent)
 
 
 def replace_directory(tmp: Path, final: Path) -> None:
-    """Move a finished temporary folder to `final`, replacing an older one without a moment of neither."""
-    trash = final.with_name(f".trash-{final.name}")
-    shutil.rmtree(trash, ignore_errors=True)
+    """Move a finished, synced temporary folder to `final`; the old `final` stays as `<final>.previous` meanwhile."""
+    restore_previous(final)
     if final.exists():
-        os.replace(final, trash)
+        os.replace(final, final.with_name(final.name + PREVIOUS))
     os.replace(tmp, final)
-    shutil.rmtree(trash, ignore_errors=True)
+    sync_dir(final.parent)
+    restore_previous(final)  # the new one is in place: drop the old
+
+
+def write_directory(final: Path, write: Callable[[Path], None]) -> None:
+    """Build a folder with `write(tmp)` in a temporary place, sync it, then swap it in for `final` (main process only)."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a kill mid-write
+    write(tmp)
+    sync_tree(tmp)
+    replace_directory(tmp, final)
+
+
+def find_saved_model(path: Path) -> Path:
+    """A saved model folder, or the complete previous version kept while a kill interrupted its replacement."""
+    previous = path.with_name(path.name + PREVIOUS)
+    if not path.exists() and (previous / "model.safetensors").is_file():
+        return previous
+    return path
 
 
 def save_checkpoint(accelerator, output_dir: Path, name: str, trainer_state: dict[str, Any]) -> Path:
@@ -59,10 +132,9 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, trainer_state: dic
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
-    if SAVE_DELAY_SECONDS:  # fault injection: widen the window in which a kill lands mid-save
-        time.sleep(SAVE_DELAY_SECONDS)
     if accelerator.is_main_process:
         write_json_atomic(tmp / TRAINER_STATE, trainer_state)
+        sync_tree(tmp)
         write_json_atomic(tmp / COMPLETE, {"global_step": trainer_state["global_step"], "epoch_complete": trainer_state["epoch_complete"]})
         replace_directory(tmp, final)
     accelerator.wait_for_everyone()
@@ -80,7 +152,7 @@ def _order(path: Path) -> tuple[int, int]:
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints in `output_dir`, oldest first (by optimizer step; an epoch end after a step save)."""
-    candidates = [p for p in (output_dir / CHECKPOINTS).glob("*") if p.is_dir() and not p.name.startswith(".")]
+    candidates = [p for p in (output_dir / CHECKPOINTS).glob("*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]
     candidates.append(output_dir / INTERRUPTED)
     found = []
     for path in candidates:
@@ -96,7 +168,81 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
+def run_contents(output_dir: Path) -> list[str]:
+    """The entries of a training run present in `output_dir` (empty: the folder holds no run)."""
+    return [name for name in RUN_ENTRIES if (output_dir / name).exists()]
+
+
+def saved_run_config(path: Path) -> dict[str, Any] | None:
+    """The run config a checkpoint (its trainer state) or a run folder (its config.json) was written with."""
+    try:
+        if (path / TRAINER_STATE).is_file():
+            return json.loads((path / TRAINER_STATE).read_text())["config"]
+        return json.loads((path / RUN_CONFIG).read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: a corrupt checkpoint, handled when it is loaded
+
+
+def check_same_run(path: Path, config) -> None:
+    """Refuse, before any weights load, a run folder or checkpoint saved with other run-defining settings."""
+    saved = saved_run_config(path)
+    changed = config.run_differences(saved) if isinstance(saved, dict) else []
+    if changed:
+        raise RunMismatch(f"{path} belongs to a different run ({', '.join(changed)}): resume with its settings, "
+                          "or start this run in a new --output-dir")
+
+
+def accept_run(output_dir: Path, config) -> None:
+    """A run folder holds one run: refuse a fresh start over it (without --overwrite) and a resume with other settings.
+
+    Only reads, so a refused run leaves the folder exactly as it was.
+    """
+    if not config.resume:
+        held = run_contents(output_dir)
+        if held and not config.overwrite:
+            raise RunMismatch(f"{output_dir} already holds a run ({', '.join(held)}): continue it with --resume latest, "
+                              "start this one in a new --output-dir, or pass --overwrite to replace it")
+        return
+    check_same_run(output_dir, config)
+    paths = complete_checkpoints(output_dir) if config.resume == "latest" else [Path(config.resume)]
+    for path in paths:
+        check_same_run(path, config)
+
+
+def clear_run(output_dir: Path) -> None:
+    """--overwrite: delete what the previous run wrote (other files in the folder are left alone)."""
+    for name in RUN_ENTRIES:
+        path = output_dir / name
+        if path.is_dir():
+            remove_directory(path)
+        elif path.exists():
+            path.unlink()
+
+
+def recover_run(output_dir: Path) -> None:
+    """Undo what a kill left half done: put back a folder set aside for a replacement, delete unfinished writes."""
+    for final in [output_dir / BEST_MODEL, output_dir / INTERRUPTED, *(output_dir / CHECKPOINTS).glob("*" + PREVIOUS)]:
+        restore_previous(final.with_name(final.name.removesuffix(PREVIOUS)))
+    for folder in (output_dir, output_dir / CHECKPOINTS):
+        for leftover in [*folder.glob(".tmp-*"), *folder.glob(".trash-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def shape_differences(model, path: Path) -> list[str]:
+    """Weights whose name or shape in the checkpoint differs from the (unwrapped) model built now; reads the header only."""
+    from safetensors import safe_open
+
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        return []
+    with safe_open(str(weights), framework="pt") as handle:  # names as unwrapped; no DDP prefix
+        saved = {key.removeprefix("module."): list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    built = {key: list(value.shape) for key, value in model.state_dict().items()}
+    return ([f"{k}: {saved.get(k, 'none')} saved, {built.get(k, 'none')} now" for k in sorted(saved.keys() ^ built.keys())]
+            + [f"{k}: {saved[k]} saved, {built[k]} now" for k in sorted(saved.keys() & built.keys()) if saved[k] != built[k]])
+
+
+def load_checkpoint(accelerator, model, path: Path) -> dict[str, Any]:
     """Restore model, optimizer, scheduler, scaler, RNG and sampler state; return the trainer state."""
     if not path.is_dir():
         raise EmotionError(f"checkpoint {path} does not exist: pass a checkpoint folder or --resume latest")
@@ -104,6 +250,15 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
         raise EmotionError(f"checkpoint {path} is incomplete or corrupt (no {COMPLETE} marker): pick another or use --resume latest")
     try:
         trainer_state = json.loads((path / TRAINER_STATE).read_text())
+        differences = shape_differences(accelerator.unwrap_model(model), path)
+    except Exception as err:  # an unreadable header or state makes the whole checkpoint unusable
+        raise EmotionError(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}): "
+                           "pick another or use --resume latest") from None
+    if differences:  # a model of another shape is another run, never a corrupt checkpoint to skip
+        raise RunMismatch(f"checkpoint {path} holds a model of another shape ({'; '.join(differences[:3])}"
+                          f"{'; ...' if len(differences) > 3 else ''}): resume with the settings it was trained with, "
+                          "or start this run in a new --output-dir")
+    try:
         accelerator.load_state(str(path))
     except Exception as err:  # any unreadable piece makes the whole checkpoint unusable
         raise EmotionError(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}): "
@@ -111,14 +266,16 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
     return trainer_state
 
 
-def resume(accelerator, output_dir: Path, spec: str) -> tuple[dict[str, Any], Path] | None:
-    """`--resume latest`: newest loadable checkpoint, falling back past corrupt ones; else a given path."""
+def resume(accelerator, model, output_dir: Path, spec: str) -> tuple[dict[str, Any], Path] | None:
+    """`--resume latest`: newest loadable checkpoint, falling back past corrupt ones (never past another run's); else a given path."""
     if spec != "latest":
         path = Path(spec)
-        return load_checkpoint(accelerator, path), path
+        return load_checkpoint(accelerator, model, path), path
     for path in reversed(complete_checkpoints(output_dir)):
         try:
-            return load_checkpoint(accelerator, path), path
+            return load_checkpoint(accelerator, model, path), path
+        except RunMismatch:
+            raise
         except EmotionError as err:
             logger.warning("%s; falling back to the previous checkpoint", err)
             print(f"warning: {err}; falling back to the previous checkpoint", file=sys.stderr)
@@ -137,7 +294,7 @@ def prune_checkpoints(output_dir: Path, keep: int, protect: Path | None = None) 
     for path in doomed:
         if protect is not None and path.resolve() == Path(protect).resolve():
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        remove_directory(path)
         removed.append(path)
     return removed
 

@@ -15,6 +15,10 @@ PUBLISHED_AFFECTNET8_BEST = 64.25
 
 DATASETS = ("synthetic", "imagefolder", "affectnet", "affectnet_plus", "ferplus")
 LABEL_MODES = ("majority", "soft")
+# Keys that define a run: resuming with any of them changed would silently train a different model.
+RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "backbone_width", "image_size",
+                     "output_stride", "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps",
+                     "seed", "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight")
 
 
 @dataclass
@@ -71,14 +75,15 @@ class TrainConfig:
     channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the convolutions (faster on tensor-core GPUs)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (first steps slower while it compiles)"})
     # checkpoints and fault tolerance
-    output_dir: str | None = field(default=None, metadata={"help": "run directory (default results/<run-name>)"})
-    run_name: str | None = field(default=None, metadata={"help": "run name (default <preset>-<dataset>)"})
+    output_dir: str | None = field(default=None, metadata={"help": "run directory (default results/<run-name>); it holds one run"})
+    run_name: str | None = field(default=None, metadata={"help": "run name (default <preset>-<dataset>[-<data dir name>]-seed<seed>)"})
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint directory"})
+    overwrite: bool = field(default=False, metadata={"switch": True, "help": "replace the run already in --output-dir "
+                                                      "(deletes its checkpoints and best model) instead of refusing"})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "also checkpoint every N optimizer steps (0 = per epoch only)"})
     keep_checkpoints: int = field(default=3, metadata={"help": "how many recent checkpoints to keep (best model kept apart)"})
     nan_policy: str = field(default="stop", metadata={"help": "on a non-finite loss/grad: stop | skip"})
     max_bad_steps: int = field(default=10, metadata={"help": "with --nan-policy skip: give up after this many bad steps"})
-    inject_nan_at_step: int | None = field(default=None, metadata={"help": "(testing) make the loss NaN at this optimizer step"})
     # tracking
     report_to: str = field(default="none", metadata={"help": "trackers: wandb | tensorboard | all | none"})
     baseline_accuracy: float = field(default=PUBLISHED_AFFECTNET8_BEST, metadata={"help": "reference accuracy in %% logged beside ours"})
@@ -88,7 +93,15 @@ class TrainConfig:
         return Path(self.output_dir or Path("results") / self.resolved_run_name())
 
     def resolved_run_name(self) -> str:
-        return self.run_name or f"{self.preset or 'custom'}-{self.dataset}"
+        """The default names what tells runs apart most often (data, seed); any other difference is refused, not mixed."""
+        if self.run_name:
+            return self.run_name
+        data = f"-{Path(self.data_dir).name}" if self.data_dir else ""
+        return f"{self.preset or 'custom'}-{self.dataset}{data}-seed{self.seed}"
+
+    def run_differences(self, saved: dict[str, Any]) -> list[str]:
+        """Run-defining keys on which a saved run config differs from this one ('key: old -> new')."""
+        return [f"{k}: {saved[k]!r} -> {getattr(self, k)!r}" for k in RUN_DEFINING_KEYS if k in saved and saved[k] != getattr(self, k)]
 
     def trains_on_soft_labels(self) -> bool:
         return self.soft_labels or (self.dataset == "ferplus" and self.label_mode == "soft")
@@ -160,7 +173,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        if f.type in ("bool", "bool | None"):
+        if f.metadata.get("switch"):
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=f.metadata["help"])
+        elif f.type in ("bool", "bool | None"):
             parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL", help=help_text)
         else:
             kind = {"int": int, "int | None": int, "float": float}.get(f.type, str)
@@ -215,6 +230,8 @@ def validate(config: TrainConfig) -> None:
         raise EmotionError(f"--face-margin {config.face_margin} is out of range: use a fraction of the face box such as 0.2")
     if not 0 < config.val_fraction < 1:
         raise EmotionError(f"--val-fraction {config.val_fraction} is out of range: use a share such as 0.1")
+    if config.overwrite and config.resume:
+        raise EmotionError("--overwrite starts the run again and --resume continues it: pass one of them")
     if config.nan_policy not in ("stop", "skip"):
         raise EmotionError(f"unknown --nan-policy {config.nan_policy!r}: choose stop or skip")
     if config.report_to not in ("wandb", "tensorboard", "all", "none"):

@@ -184,7 +184,9 @@ def load_model(path) -> EmotionNet:
     """A saved model directory (config.json + model.safetensors), with a one-line error when it is not one."""
     from pathlib import Path
 
-    directory = Path(path)
+    from emotion.checkpoint import find_saved_model
+
+    directory = find_saved_model(Path(path))  # a kill mid-replacement leaves the previous version beside it
     if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
         raise EmotionError(f"{directory} is not a saved model (needs config.json and model.safetensors): "
                            "train one with `python train_accelerate.py` and pass its best_model/ directory")

@@ -32,10 +32,6 @@ from emotion.losses import build_criterion
 from emotion.model import build_model, speed_up
 from emotion.runtime import make_accelerator, share_cpu_cores
 
-# Keys that define a run: resuming with any of them changed would silently train a different model.
-RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "backbone_width", "image_size", "output_stride",
-                     "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps", "seed",
-                     "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight")
 NAN_EXIT_CODE = 3
 # After this many epochs a run whose balanced accuracy is below STALL_MARGIN x chance gets a one-line warning.
 STALL_CHECK_EPOCH = 2
@@ -72,7 +68,7 @@ def sync_batchnorm(model: torch.nn.Module, config: TrainConfig, accelerator: Acc
 
 
 def resume_command(config: TrainConfig) -> str:
-    """The command line that continues this run (the current one with --resume latest)."""
+    """The command line that continues this run (the current one with --resume latest, without --overwrite)."""
     argv = list(sys.argv)
     for i, arg in enumerate(argv):
         if arg == "--resume" and i + 1 < len(argv):
@@ -81,27 +77,19 @@ def resume_command(config: TrainConfig) -> str:
         if arg.startswith("--resume="):
             del argv[i]
             break
+    argv = [arg for arg in argv if arg != "--overwrite"]
     if "--output-dir" not in argv and not any(a.startswith("--output-dir=") for a in argv):
         argv += ["--output-dir", str(config.resolved_output_dir())]
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *argv, "--resume", "latest"])
 
 
-def check_same_run(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    changed = [k for k in RUN_DEFINING_KEYS if k in saved and saved[k] != getattr(config, k)]
-    if changed:
-        detail = ", ".join(f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in changed)
-        raise EmotionError(f"checkpoint {path} belongs to a different run ({detail}): use its settings or a new --output-dir")
-
-
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, validate each epoch, checkpoint, keep the best model. Returns the final summary."""
     output_dir = config.resolved_output_dir()
+    checkpoint.accept_run(output_dir, config)  # before anything is built, loaded or written
     accelerator = build_accelerator(config, output_dir)
     set_seed(config.seed)
     share_cpu_cores(accelerator, config.num_workers)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        config.save(output_dir / "config.json")
 
     # Data: the main process builds the Arrow cache first, the others reuse it.
     with accelerator.main_process_first():
@@ -130,17 +118,26 @@ def train(config: TrainConfig) -> dict[str, Any]:
                              "best_accuracy": -1.0, "bad_steps": 0, "epoch_loss_sum": 0.0, "epoch_loss_steps": 0,
                              "epoch_correct": 0.0, "epoch_seen": 0.0,
                              "history": [], "run_id": uuid.uuid4().hex[:8], "config": config.to_dict()}
+    if accelerator.is_main_process:
+        checkpoint.recover_run(output_dir)
+    accelerator.wait_for_everyone()
     resumed_from = None
     if config.resume:
-        found = checkpoint.resume(accelerator, output_dir, config.resume)
+        found = checkpoint.resume(accelerator, model, output_dir, config.resume)
         if found is None:
-            accelerator.print(f"no complete checkpoint in {output_dir}: starting from scratch")
+            accelerator.print(f"no complete checkpoint in {output_dir} yet: starting a new run")
         else:
             loaded, resumed_from = found
             state = {**state, **loaded}  # keys added since that checkpoint was written start at their defaults
-            check_same_run(state["config"], config, resumed_from)
             state["config"] = config.to_dict()
             accelerator.print(f"resumed from {resumed_from} (epoch {state['epoch'] + 1}, optimizer step {state['global_step']})")
+    # The run is accepted: only now its folder changes (eval reads config.json for the data and split it was trained on).
+    if accelerator.is_main_process:
+        if config.overwrite:
+            checkpoint.clear_run(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_json_atomic(output_dir / checkpoint.RUN_CONFIG, config.to_dict())
+    accelerator.wait_for_everyone()
 
     tracking.start(accelerator, config, run_id=state["run_id"], output_dir=output_dir)
     stop = checkpoint.StopRequest().install()
@@ -234,8 +231,6 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
                     logits = model(batch["pixel_values"])
                     loss = criterion(logits, batch)
                 window_correct += float((logits.detach().argmax(dim=1) == batch["labels"]).sum())
-                if config.inject_nan_at_step is not None and state["global_step"] + 1 == config.inject_nan_at_step:
-                    loss = loss * float("nan")
                 window_bad |= not bool(torch.isfinite(loss.detach()))
                 window_loss += loss.detach().float()
                 window_batches += 1
@@ -332,17 +327,18 @@ def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, r
     """
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = output_dir / "best_model"
-        tmp = output_dir / ".tmp-best_model"
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.set_attention_prior(neutral_attention)
-        unwrapped.save_pretrained(tmp)
-        checkpoint.write_json_atomic(tmp / "metrics.json", {"epoch": record["epoch"], "val_accuracy": metrics["accuracy"],
-                                                            "val_balanced_accuracy": metrics["balanced_accuracy"],
-                                                            "val_macro_f1": metrics["macro_f1"], "dataset": config.dataset,
-                                                            "baseline_accuracy": config.baseline_accuracy})
-        card.write_model_card(tmp, card.current_command(), config.to_dict())
-        checkpoint.replace_directory(tmp, final)
+
+        def write(folder: Path) -> None:
+            unwrapped.save_pretrained(folder)
+            checkpoint.write_json_atomic(folder / "metrics.json", {"epoch": record["epoch"], "val_accuracy": metrics["accuracy"],
+                                                                   "val_balanced_accuracy": metrics["balanced_accuracy"],
+                                                                   "val_macro_f1": metrics["macro_f1"], "dataset": config.dataset,
+                                                                   "baseline_accuracy": config.baseline_accuracy})
+            card.write_model_card(folder, card.current_command(), config.to_dict())
+
+        checkpoint.write_directory(output_dir / checkpoint.BEST_MODEL, write)
     accelerator.wait_for_everyone()
 
 
