@@ -273,10 +273,11 @@ CHAOS_STEPS = 18
 CHAOS_KILLS = ["time"] * 5 + ["after-commit"] * 3 + ["write", "set-aside", "commit", "remove"] * 3
 
 
-def chaos_kill(rng: random.Random, kind: str, latest_step: int, run_seconds: float) -> dict:
-    """Where to kill the next run. Random instants scale with how long a whole run takes here; within the last three
-    steps only a kill that lands before the next checkpoint (write) is drawn, so no kill can come after the end."""
-    if latest_step >= CHAOS_STEPS - 3:
+def chaos_kill(rng: random.Random, kind: str, latest_step: int, replacements: list[int], run_seconds: float) -> dict:
+    """Where to kill the next run. Random instants scale with how long a whole run takes here. No kill may wait for
+    what will not come: a set-aside needs a best-model replacement ahead (`replacements`: the steps whose epoch end
+    replaces it), and within the last three steps only a kill before the next checkpoint (write) is drawn."""
+    if latest_step >= CHAOS_STEPS - 3 or (kind == "set-aside" and max(replacements) <= latest_step):
         kind = "write"
     if kind == "time":
         return {"after_seconds": rng.uniform(0.0, 0.15) * run_seconds}
@@ -320,11 +321,14 @@ def test_chaos_twenty_sigkills_then_resume_match_an_uninterrupted_run(chaos_driv
     reference, run = tmp_path / "reference", tmp_path / "run"
     uninterrupted = chaos_driver([*common, "--output-dir", str(reference)])
     assert uninterrupted["returncode"] == 0
+    accuracies = [r["val_accuracy"] for r in history(reference)]
+    replacements = [r["global_step"] for i, r in enumerate(history(reference)) if i and accuracies[i] > max(accuracies[:i])]
+    assert replacements, f"validation accuracy never improved after epoch 1 ({accuracies}): no best-model replacement to kill in"
     rng, kinds = random.Random(15), CHAOS_KILLS.copy()
     rng.shuffle(kinds)
     best_saved, latest_step, hit = False, 0, set()
     for i, kind in enumerate(kinds):
-        kill = chaos_kill(rng, kind, latest_step, uninterrupted["seconds"])
+        kill = chaos_kill(rng, kind, latest_step, replacements, uninterrupted["seconds"])
         reply = chaos_driver([*common, "--output-dir", str(run), *(["--resume", "latest"] if i else [])], kill)
         assert reply["killed"] and reply["returncode"] == -signal.SIGKILL, f"kill {i} {kill}: {reply}"
         hit.add(kill.get("event", "time"))
