@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emotion.config import DATASETS, Range, TrainConfig, add_config_arguments, config_from_args, existing_folder, number, parse_bool
+from emotion.config import (DATASETS, Range, TrainConfig, add_config_arguments, check_inputs, config_from_args, existing_folder,
+                            number, parse_bool)
 from emotion.errors import EmotionError, cli_main
 
 
@@ -53,6 +54,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from emotion.training import train
 
     config = config_from_args(train_parser().parse_args(argv), choose=True)
+    check_inputs(config)
     train(config)
     return 0
 
@@ -105,7 +107,9 @@ def prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv: list[str] | None = None) -> int:
     from emotion.data import load_splits
 
-    load_splits(config_from_args(prepare_parser().parse_args(argv)))
+    config = config_from_args(prepare_parser().parse_args(argv))
+    check_inputs(config)
+    load_splits(config)
     return 0
 
 

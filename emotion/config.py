@@ -144,7 +144,11 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(Path(path).read_text()).items() if k in known})
+        try:
+            saved = json.loads(Path(path).read_text())
+        except ValueError as err:
+            raise EmotionError(f"run configuration {path} is damaged ({type(err).__name__}): copy the run folder again") from None
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
 
 
@@ -257,7 +261,6 @@ def config_from_args(args: argparse.Namespace, choose: bool = False) -> TrainCon
     values.update(given)
     config = TrainConfig(**values)
     validate(config)
-    check_inputs(config)
     return config
 
 

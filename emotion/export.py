@@ -59,10 +59,7 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for every unreadable graph
             raise EmotionError(f"onnxruntime cannot load {path} ({type(err).__name__}): re-export it with emotion-export") from None
-        try:
-            self.config = json.loads(config_path.read_text())
-        except ValueError as err:
-            raise EmotionError(f"{config_path} is damaged ({type(err).__name__}): re-export with emotion-export") from None
+        self.config = card.read_json(config_path)
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw graph outputs: logits (N, C), attention (N, H, W)."""

@@ -158,6 +158,11 @@ def test_every_file_argument_refuses_missing_empty_and_truncated_files(workspace
     detector = onnx_model(workspace / "yunet.onnx")
     (workspace / "half.onnx").write_bytes(detector.read_bytes()[: detector.stat().st_size // 2])
 
+    run = workspace / "run"  # a run folder whose run configuration (read by eval) is truncated
+    shutil.copytree(model, run / "best_model")
+    (run / "config.json").write_text('{"dataset": "synth')
+    onnx_config = damaged_copies(workspace, onnx_dir, "config.json")["truncated"] / "model.onnx"
+
     train, evaluate, demo = (base_argv(s, workspace) for s in SCRIPTS)
     cases = [
         (cli.train_main, train, "--pretrained-path", workspace / "none.safetensors"),
@@ -177,11 +182,13 @@ def test_every_file_argument_refuses_missing_empty_and_truncated_files(workspace
         (cli.demo_main, demo, "--detector-model", workspace / "half.onnx"),
         *[(main, argv, "--model", path) for main, argv in ((cli.eval_main, evaluate), (cli.demo_main, demo))
           for path in bad_models.values()],
-        *[(cli.demo_main, demo, "--model", path) for path in bad_onnx.values()],
+        *[(cli.demo_main, demo, "--model", path) for path in (*bad_onnx.values(), onnx_config)],
+        (cli.eval_main, evaluate, "--model", run / "best_model"),
     ]
     for main, argv, flag, path in cases:
         # The last value of a repeated flag wins: the base argument is replaced by the bad one.
-        err = assert_refused(main, [*argv, flag, str(path)], path.name, workspace, capsys)
+        named = "config.json" if path in (run / "best_model", onnx_config) else path.name
+        err = assert_refused(main, [*argv, flag, str(path)], named, workspace, capsys)
         assert "damaged" in err or "no such" in err or "not" in err, err
 
 
