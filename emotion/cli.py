@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emotion.config import (DATASETS, Range, TrainConfig, add_config_arguments, check_inputs, config_from_args, existing_folder,
-                            number, parse_bool)
+from emotion.config import DATASETS, Range, TrainConfig, add_config_arguments, check_inputs, config_from_args, number, parse_bool
 from emotion.errors import EmotionError, cli_main
 
 
@@ -66,7 +65,7 @@ def eval_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="data source (default: the one the model was trained on)")
-    parser.add_argument("--data-dir", type=existing_folder, default=None, help="root of a real data set")
+    parser.add_argument("--data-dir", default=None, help="root of a real data set")
     parser.add_argument("--split", default="validation", choices=("train", "validation", "val", "test"),
                         help="which split to evaluate; test: the held-apart test split of sets that have one (FER+, a "
                              "folder-per-class set with a test/ folder)")

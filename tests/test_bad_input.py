@@ -99,7 +99,7 @@ def test_type_errors_and_backbone_limits_are_one_line(workspace, capsys):
     argv = base_argv("train_accelerate.py", workspace)
     assert_refused(cli.train_main, [*argv, "--batch-size", "eight"], "--batch-size", workspace, capsys)
     assert_refused(cli.train_main, [*argv, "--soft-labels", "maybe"], "--soft-labels", workspace, capsys)
-    assert_refused(cli.train_main, [*argv, "--image-size", "40", "--output-stride", "32"], "--image-size", workspace, capsys)
+    assert_refused(cli.train_main, [*argv, "--image-size", "8"], "--image-size", workspace, capsys)  # below one grid cell
     assert_refused(cli.train_main, [*argv, "--output-stride", "12"], "--output-stride", workspace, capsys)
     assert_refused(cli.train_main, [*argv, "--backbone", "efficientnet_b99"], "--backbone", workspace, capsys)
     assert_refused(cli.eval_main, [], "--model", workspace, capsys)  # a missing required flag: one line, not the usage
@@ -168,12 +168,10 @@ def test_every_file_argument_refuses_missing_empty_and_truncated_files(workspace
         (cli.train_main, train, "--pretrained-path", workspace / "none.safetensors"),
         (cli.train_main, train, "--pretrained-path", workspace / "empty.file"),
         (cli.train_main, train, "--pretrained-path", workspace / "half.safetensors"),
-        (cli.train_main, train, "--data-dir", workspace / "no-data"),
-        (cli.train_main, train, "--data-dir", workspace / "empty.file"),
         (cli.train_main, train, "--resume", workspace / "no-checkpoint"),
         (cli.train_main, train, "--resume", workspace / "empty.file"),
-        (cli.eval_main, evaluate, "--data-dir", workspace / "no-data"),
-        (cli.eval_main, evaluate, "--data-dir", workspace / "empty.file"),
+        (cli.eval_main, [*evaluate, "--dataset", "imagefolder"], "--data-dir", workspace / "no-data"),
+        (cli.eval_main, [*evaluate, "--dataset", "imagefolder"], "--data-dir", workspace / "empty.file"),
         (cli.demo_main, demo, "--source", workspace / "no-such.png"),
         (cli.demo_main, demo, "--source", workspace / "empty.png"),
         (cli.demo_main, demo, "--source", workspace / "half.png"),
