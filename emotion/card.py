@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from emotion.errors import EmotionError
 from emotion.labels import CLASS_NAMES
 
 CARD = "README.md"
@@ -46,7 +47,11 @@ def current_command(argv: Sequence[str] | None = None) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A JSON file's content ({} when absent); a damaged one is named in one line."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as err:
+        raise EmotionError(f"{path} is damaged ({type(err).__name__}): copy it again or retrain") from None
 
 
 def training_command(model_dir: Path) -> str | None:

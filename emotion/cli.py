@@ -4,12 +4,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emotion.config import DATASETS, TrainConfig, add_config_arguments, config_from_args, parse_bool
-from emotion.errors import cli_main
+from emotion.config import DATASETS, Range, TrainConfig, add_config_arguments, check_inputs, config_from_args, number, parse_bool
+from emotion.errors import EmotionError, cli_main
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that refuses a bad flag in one line naming it (argparse prints the whole usage first), exit 2."""
+
+    def error(self, message: str):
+        raise EmotionError(f"{message} (see {self.prog} --help)")
+
+
+def add_number(parser: argparse.ArgumentParser, flag: str, valid: Range, default, help: str) -> None:
+    """A numeric flag checked by its range as it is parsed; the range shows in --help."""
+    parser.add_argument(flag, type=valid, default=default, help=f"{help} ({valid.describe()}; default: {default})")
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="train_accelerate.py",
         description="Train the facial-expression model (backbone -> dual attention -> Bi-LSTM) with Accelerate. "
                     "Run under `accelerate launch [--config_file accelerate_configs/X.yaml]` for GPUs, several "
@@ -41,12 +53,13 @@ def train_main(argv: list[str] | None = None) -> int:
     from emotion.training import train
 
     config = config_from_args(train_parser().parse_args(argv), choose=True)
+    check_inputs(config)
     train(config)
     return 0
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="eval_accelerate.py",
         description="Evaluate a saved model (a best_model/ folder) on a data split: report.json, report.md, confusion_matrix.png.",
     )
@@ -58,8 +71,8 @@ def eval_parser() -> argparse.ArgumentParser:
                              "folder-per-class set with a test/ folder)")
     parser.add_argument("--output-dir", default=None, help="where the report goes (default: <model>/../eval for the "
                                                              "validation split, <model>/../eval-<split> for another)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size per process")
-    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the run's)")
+    add_number(parser, "--batch-size", Range(1, 65536), 64, "batch size per process")
+    add_number(parser, "--num-workers", Range(0, 256), None, "DataLoader workers (0 = the main process; default: the run's)")
     parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation: average with the mirrored image")
     parser.add_argument("--save-predictions", action="store_true", help="also write predictions.csv (id, true, predicted, probabilities)")
     return parser
@@ -80,7 +93,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 def prepare_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="emotion-prepare",
         description="Decode, crop and resize a real data set once (in parallel) into the Arrow cache training reads. "
                     "Pass the same --preset / --image-size / data flags you will train with: the cache is keyed by them.",
@@ -93,14 +106,16 @@ def prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv: list[str] | None = None) -> int:
     from emotion.data import load_splits
 
-    load_splits(config_from_args(prepare_parser().parse_args(argv)))
+    config = config_from_args(prepare_parser().parse_args(argv))
+    check_inputs(config)
+    load_splits(config)
     return 0
 
 
 def export_parser() -> argparse.ArgumentParser:
     from emotion.export import OPSET, TOLERANCE
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="emotion-export",
         description="Export a saved model to ONNX (logits + attention map, dynamic batch), check it against PyTorch "
                     "with ONNX Runtime, and write the model card.",
@@ -117,7 +132,7 @@ def bench_parser() -> argparse.ArgumentParser:
     from emotion.bench import PRECISIONS, BenchSettings
 
     defaults = BenchSettings()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="emotion-bench",
         description="Measure on the current device: training images/s of the full model vs timm's plain classifier "
                     "(same backbone, batch, precision), inference images/s and batch-1 latency, data-loader images/s "
@@ -160,7 +175,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def push_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emotion-push", description="Upload a saved model folder (weights, config, "
+    parser = Parser(prog="emotion-push", description="Upload a saved model folder (weights, config, "
                                      "card, ONNX if exported) to a Hugging Face Hub model repo.")
     parser.add_argument("--model", required=True, help="saved model or export folder, e.g. results/RUN/best_model")
     parser.add_argument("--repo-id", required=True, help="Hub repo, e.g. USER/emotion-b4-affectnet (created if missing)")
@@ -180,11 +195,11 @@ def push_main(argv: list[str] | None = None) -> int:
 
 
 def app_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emotion-app", description="Gradio page: photo, webcam and batch tabs with "
+    parser = Parser(prog="emotion-app", description="Gradio page: photo, webcam and batch tabs with "
                                      "boxes, probabilities, attention heatmaps and explanations.")
     parser.add_argument("--model", default=None, help="saved model folder (results/RUN/best_model) or an exported model.onnx")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for other machines and Spaces)")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    add_number(parser, "--port", Range(1, 65535), 7860, "port to serve on")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
     return parser
@@ -192,8 +207,6 @@ def app_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def app_main(argv: list[str] | None = None) -> int:
-    from emotion.errors import EmotionError
-
     args = app_parser().parse_args(argv)
     if not args.model:
         from emotion.app import NO_MODEL
@@ -206,7 +219,7 @@ def app_main(argv: list[str] | None = None) -> int:
 
 
 def demo_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="webcam_demo.py",
         description="Live facial-expression demo with attention heatmaps and facial-region explanations. "
                     "Keys: q quits, a toggles the attention heatmap.",
@@ -217,13 +230,13 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="JSON Lines file: one record per face per frame (box, label, probabilities, explanation)")
     parser.add_argument("--no-display", dest="display", action="store_false", help="headless: do not open a window")
     parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
-    parser.add_argument("--detect-every", type=int, default=3, help="run the face detector every N frames, track in between")
+    add_number(parser, "--detect-every", Range(1, 10**6), 3, "run the face detector every N frames, track in between")
     parser.add_argument("--background-detection", type=parse_bool, default=None, metavar="BOOL",
                         help="run the face detector on its own thread and core, off the frame loop "
                              "(default: true for a camera, false for files, whose output then repeats exactly)")
-    parser.add_argument("--smoothing", type=float, default=0.5, help="weight of the newest frame in the smoothed probabilities (1 = none)")
+    add_number(parser, "--smoothing", number(0, 1, low_open=True), 0.5, "weight of the newest frame in the smoothed probabilities (1 = none)")
     parser.add_argument("--no-attention", dest="attention", action="store_false", help="start with the attention heatmap off")
-    parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    add_number(parser, "--max-frames", Range(1, 10**9), None, "stop after N frames")
     return parser
 
 

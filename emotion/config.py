@@ -19,6 +19,45 @@ LABEL_MODES = ("majority", "soft")
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "backbone_width", "image_size",
                      "output_stride", "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps",
                      "seed", "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight")
+OUTPUT_STRIDES = (8, 16, 32)  # what timm's dilated backbones accept
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric flag accepts (ends included unless open); also the argparse `type` that checks them."""
+
+    low: float
+    high: float
+    kind: type = int
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below  # NaN fails both
+
+    def describe(self) -> str:
+        low, high = (str(int(v)) if self.kind is int else f"{v:g}" for v in (self.low, self.high))
+        low = f"above {low}" if self.low_open else f"from {low}"
+        high = f"below {high}" if self.high_open else (f"at most {high}" if self.low_open else f"to {high}")
+        return f"{'a whole number' if self.kind is int else 'a number'} {low}{',' if self.low_open or self.high_open else ''} {high}"
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number: use {self.describe()}") from None
+        if value not in self:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use {self.describe()}")
+        return value
+
+
+def number(low: float, high: float, **open_ends: bool) -> Range:
+    return Range(low, high, float, **open_ends)
 
 
 @dataclass
@@ -31,7 +70,7 @@ class TrainConfig:
     synthetic_train: int = field(default=4000, metadata={"help": "synthetic faces in the train split"})
     synthetic_val: int = field(default=800, metadata={"help": "synthetic faces in the validation split"})
     cache_dir: str | None = field(default=None, metadata={"help": "where Arrow caches live (default ~/.cache/emotion)"})
-    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes (0 = load in the main process)"})
     class_weights: str = field(default="inverse", metadata={"help": "loss class weights: inverse | effective | none"})
     soft_labels: bool = field(default=False, metadata={"help": "affectnet_plus: train against the soft-label distribution (class-weighted soft-target CE)"})
     label_mode: str = field(default="majority", metadata={"help": "ferplus: majority (the paper's majority vote; no-majority, "
@@ -81,9 +120,9 @@ class TrainConfig:
     overwrite: bool = field(default=False, metadata={"switch": True, "help": "replace the run already in --output-dir "
                                                       "(deletes its checkpoints and best model) instead of refusing"})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "also checkpoint every N optimizer steps (0 = per epoch only)"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "how many recent checkpoints to keep (best model kept apart)"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "how many recent checkpoints to keep (0 = all; the best model is kept apart)"})
     nan_policy: str = field(default="stop", metadata={"help": "on a non-finite loss/grad: stop | skip"})
-    max_bad_steps: int = field(default=10, metadata={"help": "with --nan-policy skip: give up after this many bad steps"})
+    max_bad_steps: int = field(default=10, metadata={"help": "with --nan-policy skip: give up after this many bad steps (0 = at the first)"})
     # tracking
     report_to: str = field(default="none", metadata={"help": "trackers: wandb | tensorboard | all | none"})
     baseline_accuracy: float = field(default=PUBLISHED_AFFECTNET8_BEST, metadata={"help": "reference accuracy in %% logged beside ours"})
@@ -118,7 +157,31 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(Path(path).read_text()).items() if k in known})
+        try:
+            saved = json.loads(Path(path).read_text())
+        except ValueError as err:
+            raise EmotionError(f"run configuration {path} is damaged ({type(err).__name__}): copy the run folder again") from None
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+
+# The values each numeric setting accepts: checked on the command line (shown in --help) and by validate().
+# image_size from 32: at least one cell of the backbone's grid at the coarsest output stride.
+RANGES: dict[str, Range] = {
+    "data_seed": Range(0, SEED_MAX), "seed": Range(0, SEED_MAX),
+    "synthetic_train": Range(1, 10**7), "synthetic_val": Range(1, 10**7),
+    "num_workers": Range(0, 256), "num_proc": Range(1, 1024),
+    "face_margin": number(0, 2), "val_fraction": number(0, 1, low_open=True, high_open=True),
+    "backbone_width": number(0, 8, low_open=True), "image_size": Range(32, 2048), "output_stride": Range(8, 32),
+    "proj_dim": Range(0, 65536), "lstm_hidden": Range(1, 65536), "lstm_layers": Range(1, 64),
+    "dropout": number(0, 1, high_open=True), "aux_loss_weight": number(0, 100),
+    "epochs": Range(1, 100_000), "batch_size": Range(1, 65536), "lr": number(0, 10, low_open=True),
+    "weight_decay": number(0, 10), "label_smoothing": number(0, 1, high_open=True), "max_grad_norm": number(0, 1e6),
+    "grad_accum_steps": Range(1, 65536), "warmup_steps": Range(0, 10**9), "lr_patience": Range(0, 10**6),
+    "lr_factor": number(0, 1, low_open=True, high_open=True),
+    "checkpoint_every_steps": Range(0, 10**9), "keep_checkpoints": Range(0, 10**6), "max_bad_steps": Range(0, 10**9),
+    "baseline_accuracy": number(0, 100),
+}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -171,14 +234,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One --flag per TrainConfig field; defaults stay None so presets can tell what the user set."""
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        valid = RANGES.get(f.name)
+        help_text = f"{f.metadata.get('help', '')} ({valid.describe() + '; ' if valid else ''}default: {f.default})"
         if f.metadata.get("switch"):
             parser.add_argument(flag, action="store_const", const=True, default=None, help=f.metadata["help"])
         elif f.type in ("bool", "bool | None"):
             parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL", help=help_text)
         else:
-            kind = {"int": int, "int | None": int, "float": float}.get(f.type, str)
+            kind = valid or {"int": int, "int | None": int, "float": float}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False,
                         help="train the backbone from scratch (no hub download)")
@@ -211,6 +274,13 @@ def config_from_args(args: argparse.Namespace, choose: bool = False) -> TrainCon
 
 
 def validate(config: TrainConfig) -> None:
+    """Every value checked before any work starts: a refusal is one line naming the flag and what it accepts."""
+    for f in fields(TrainConfig):
+        value, valid = getattr(config, f.name), RANGES.get(f.name)
+        if valid is not None and value is not None and value not in valid:
+            raise EmotionError(f"--{f.name.replace('_', '-')} {value!r} is out of range: use {valid.describe()}")
+    if config.output_stride not in OUTPUT_STRIDES:
+        raise EmotionError(f"--output-stride {config.output_stride} is not one timm backbones offer: use 8, 16 or 32")
     if config.dataset not in DATASETS:
         raise EmotionError(f"unknown --dataset {config.dataset!r}: choose one of {', '.join(DATASETS)}")
     if config.dataset != "synthetic" and not config.data_dir:
@@ -226,13 +296,28 @@ def validate(config: TrainConfig) -> None:
                            "use --soft-labels true for affectnet_plus")
     if config.subset not in ("easy", "challenging", "difficult", "all"):
         raise EmotionError(f"unknown --subset {config.subset!r}: choose easy, challenging, difficult or all")
-    if not 0 <= config.face_margin <= 2:
-        raise EmotionError(f"--face-margin {config.face_margin} is out of range: use a fraction of the face box such as 0.2")
-    if not 0 < config.val_fraction < 1:
-        raise EmotionError(f"--val-fraction {config.val_fraction} is out of range: use a share such as 0.1")
     if config.overwrite and config.resume:
         raise EmotionError("--overwrite starts the run again and --resume continues it: pass one of them")
     if config.nan_policy not in ("stop", "skip"):
         raise EmotionError(f"unknown --nan-policy {config.nan_policy!r}: choose stop or skip")
     if config.report_to not in ("wandb", "tensorboard", "all", "none"):
         raise EmotionError(f"unknown --report-to {config.report_to!r}: choose wandb, tensorboard, all or none")
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """The backbone name and the paths a run reads or writes, before anything is read or written (the data set's readers
+    check --data-dir themselves, naming the layout they expect)."""
+    import timm
+
+    if not timm.is_model(config.backbone):
+        raise EmotionError(f"unknown --backbone {config.backbone!r}: give a timm model name such as efficientnet_b4 "
+                           "(python -c 'import timm; print(timm.list_models())' lists them)")
+    if config.resume not in (None, "latest") and not Path(config.resume).is_dir():
+        raise EmotionError(f"--resume {config.resume}: no such checkpoint folder; give one, or --resume latest")
+    for flag, path in (("--output-dir", config.output_dir), ("--cache-dir", config.cache_dir)):
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise EmotionError(f"{flag} {path} is a file: give a folder")
+    if config.pretrained_path:
+        from emotion.model import check_weights_file
+
+        check_weights_file(config.pretrained_path, "--pretrained-path")

@@ -77,7 +77,8 @@ class DnnDetector:
         try:
             self.net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
         except cv2.error as err:
-            raise EmotionError(f"cannot load face detector {model_path!r} (needs an OpenCV YuNet .onnx): {err.msg}") from None
+            reason = " ".join(err.msg.split()).split("error: ")[-1]  # OpenCV's text spans lines and names its own source
+            raise EmotionError(f"cannot load face detector {model_path!r} (needs an OpenCV YuNet .onnx): {reason}") from None
 
     def detect(self, image: np.ndarray) -> list[Box]:
         self.net.setInputSize((image.shape[1], image.shape[0]))

@@ -59,7 +59,7 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for every unreadable graph
             raise EmotionError(f"onnxruntime cannot load {path} ({type(err).__name__}): re-export it with emotion-export") from None
-        self.config = json.loads(config_path.read_text())
+        self.config = card.read_json(config_path)
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw graph outputs: logits (N, C), attention (N, H, W)."""
@@ -180,10 +180,24 @@ def hub_files(model_dir: Path) -> list[str]:
 def push_to_hub(model_dir: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Upload the model folder's files to a Hub model repo (created if missing); returns the commit URL."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     files = hub_files(model_dir)
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, repo_type="model", allow_patterns=files,
-                               commit_message=f"Upload {', '.join(files)}")
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, repo_type="model", allow_patterns=files,
+                                   commit_message=f"Upload {', '.join(files)}")
+    except OfflineModeIsEnabled:
+        raise EmotionError("cannot push: HF_HUB_OFFLINE is set; unset it on a machine that reaches huggingface.co") from None
+    except LocalTokenNotFoundError:
+        raise EmotionError("cannot push: no Hugging Face token; run `hf auth login`, set HF_TOKEN or pass --token") from None
+    except HfHubHTTPError as err:  # the Hub answered, and refused
+        status = getattr(err.response, "status_code", "?")
+        advice = ("check the token (`hf auth login`, HF_TOKEN or --token) and that it may write to "
+                  f"{repo_id}") if status in (401, 403) else "check --repo-id and try again"
+        raise EmotionError(f"cannot push to {repo_id}: the Hub answered HTTP {status}; {advice}") from None
+    except (HTTPError, OSError) as err:  # no answer at all
+        raise EmotionError(f"cannot push: huggingface.co is unreachable ({type(err).__name__}); check the network "
+                           "connection (or proxy) and run again") from None
     return str(getattr(commit, "commit_url", commit))

@@ -181,7 +181,8 @@ def speed_up(model: nn.Module, channels_last: bool = False, compile: bool = Fals
 
 
 def load_model(path) -> EmotionNet:
-    """A saved model directory (config.json + model.safetensors), with a one-line error when it is not one."""
+    """A saved model directory (config.json + model.safetensors), with a one-line error when it is not one or is damaged."""
+    import json
     from pathlib import Path
 
     from emotion.checkpoint import find_saved_model
@@ -190,4 +191,34 @@ def load_model(path) -> EmotionNet:
     if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
         raise EmotionError(f"{directory} is not a saved model (needs config.json and model.safetensors): "
                            "train one with `python train_accelerate.py` and pass its best_model/ directory")
-    return EmotionNet.from_pretrained(str(directory))
+    try:
+        json.loads((directory / "config.json").read_text())
+    except (ValueError, OSError) as err:
+        raise EmotionError(f"{directory / 'config.json'} is damaged ({type(err).__name__}): copy the saved model "
+                           "again or retrain") from None
+    check_weights_file(directory / "model.safetensors", "the saved model")
+    try:
+        return EmotionNet.from_pretrained(str(directory))
+    except Exception as err:  # weights that do not fit the config, or a config this version cannot build
+        raise EmotionError(f"{directory} is damaged: its weights do not fit its config.json ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:160]}): copy the saved model again or retrain") from None
+
+
+def check_weights_file(path, what: str) -> None:
+    """A weights file (.safetensors, or a torch .pth/.bin) that exists and reads whole: one line naming it otherwise."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise EmotionError(f"{what} {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt"):  # opening checks the header against the file's length
+                pass
+        else:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # an empty, truncated or foreign file: each reader has its own error types
+        raise EmotionError(f"{what} {path} is damaged or not a weights file ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'}): copy it again") from None

@@ -218,12 +218,15 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
                     disable=not accelerator.is_local_main_process, mininterval=1 if sys.stderr.isatty() else 30)
     images = 0
     window_bad, window_loss, window_batches, window_indices, window_correct = False, 0.0, 0, [], 0.0
+    running_stats, good_stats = list(model.buffers()), []  # BatchNorm running means, variances and counts
     started = time.perf_counter()
     try:
         for batch_in_epoch, batch in enumerate(loader, start=skip_batches):
             # Seed from the position, not the history, so a resumed run draws the same dropout masks.
             torch.manual_seed(hash((config.seed, state["epoch"], batch_in_epoch, accelerator.process_index)) & 0x7FFF_FFFF)
             with accelerator.accumulate(model):
+                if config.nan_policy == "skip" and window_batches == 0:  # what a skipped step restores
+                    good_stats = [buffer.detach().clone() for buffer in running_stats]
                 if config.aux_loss_weight > 0:
                     logits, aux_logits = model(batch["pixel_values"], return_aux=True)
                     loss = criterion(logits, batch) + config.aux_loss_weight * criterion(aux_logits, batch)
@@ -249,6 +252,7 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
                     step_loss = flags[2].item() / accelerator.num_processes
                     if flags[0] > 0:
                         handle_bad_step(accelerator, optimizer, config, state, step_loss, grad_norm, window_indices, output_dir)
+                        undo_bad_step(accelerator, running_stats, good_stats)
                     else:
                         set_warmup_lr(optimizer, config, state["global_step"])
                         optimizer.step()
@@ -305,6 +309,16 @@ def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, lo
         f"non-finite loss ({diagnostics['loss']}) or gradient norm at epoch {diagnostics['epoch']}, optimizer step "
         f"{diagnostics['global_step']}: stopped; details in {output_dir / 'nan_diagnostics.jsonl'}, last good checkpoint "
         f"kept (lower --lr, or --nan-policy skip)")
+
+
+def undo_bad_step(accelerator, running_stats: list[torch.Tensor], good_stats: list[torch.Tensor]) -> None:
+    """A skipped step leaves no trace: BatchNorm statistics of the last good step back, the fp16 grad scaler ready."""
+    with torch.no_grad():
+        for buffer, good in zip(running_stats, good_stats):
+            buffer.copy_(good)  # a non-finite forward pass poisoned the running statistics
+    if accelerator.scaler is not None:
+        # clip_grad_norm_ unscaled this step's gradients: without update() the next step's unscale_ raises.
+        accelerator.scaler.update()
 
 
 def warn_if_at_chance(accelerator, metrics: dict, config: TrainConfig) -> None:

@@ -82,3 +82,60 @@ def test_eval_preprocess_equals_the_eval_transform():
     got = eval_preprocess(images, 80, mean, std)
     assert got.shape == (4, 3, 80, 80) and got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
+
+
+def test_nan_skip_under_fp16_keeps_the_grad_scaler_and_batchnorm_statistics(tmp_path, cache_dir, monkeypatch):
+    """A NaN born in the forward pass (step 3) under fp16's grad scaler: the step is skipped, training goes on."""
+    import itertools
+
+    from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs
+    from safetensors.torch import load_file
+
+    from emotion import training
+    from emotion.cli import train_main
+
+    def fp16_accelerator(**kwargs):
+        # Accelerate gives fp16 a grad scaler on GPUs only; torch's CPU scaler runs the same unscale/step/update protocol.
+        # (fp16 autocast itself is left off: emulated on a CPU it is slow, and the scaler is what this test is about.)
+        accelerator = Accelerator(mixed_precision="fp16", kwargs_handlers=[AutocastKwargs(enabled=False)], **kwargs)
+        accelerator.scaler, accelerator.native_amp = torch.amp.GradScaler("cpu"), True
+        return accelerator
+
+    build_model = training.build_model
+    seen = {}
+
+    def model_with_a_nan_image(config):
+        model = build_model(config)
+        forwards = itertools.count(1)
+
+        def poison_third_training_batch(module, args):
+            if not module.training:
+                return None
+            call = next(forwards)
+            if call == 3:  # the statistics of the last good step, then a NaN image in the batch
+                seen["before"] = {k: v.clone() for k, v in module.named_buffers()}
+                pixels = args[0].clone()
+                pixels[0] = float("nan")
+                return (pixels,)
+            if call == 4:
+                seen["after"] = {k: v.clone() for k, v in module.named_buffers()}
+            return None
+
+        model.register_forward_pre_hook(poison_third_training_batch)
+        return model
+
+    monkeypatch.setattr(training, "make_accelerator", fp16_accelerator)
+    monkeypatch.setattr(training, "build_model", model_with_a_nan_image)
+    run = tmp_path / "run"
+    code = train_main(["--preset", "tiny", "--synthetic-train", "48", "--synthetic-val", "16", "--batch-size", "8",
+                       "--nan-policy", "skip", "--output-dir", str(run), "--cache-dir", str(cache_dir)])
+    assert code == 0
+    bad = [json.loads(line) for line in (run / "nan_diagnostics.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in bad] == [3]
+    running = [k for k in seen["before"] if k.endswith(("running_mean", "running_var"))]
+    assert running and all(torch.equal(seen["before"][k], seen["after"][k]) for k in seen["before"])
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(record["val_loss"]) and record["global_step"] == 6
+    weights = load_file(run / "best_model" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())

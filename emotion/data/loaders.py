@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import Callable
 
 import datasets
@@ -89,6 +90,15 @@ class TransformedSplit(Dataset):
         return item
 
 
+def leave_signals_to_main_process(worker_id: int) -> None:
+    """DataLoader worker start: ignore SIGINT / SIGTERM, which a shutdown sends to the whole process group.
+
+    The main process decides (finish the step, save interrupted/); a worker that died of the signal would crash the run.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_dataloader(split: datasets.Dataset, transform: Callable, batch_size: int, train: bool,
                      num_workers: int = 0, seed: int = 0) -> DataLoader:
     dataset = TransformedSplit(split, transform, seed)
@@ -101,6 +111,7 @@ def build_dataloader(split: datasets.Dataset, transform: Callable, batch_size: i
         pin_memory=torch.cuda.is_available(),
         # Train workers must restart each epoch: they hold a copy of TransformedSplit.epoch (the augmentation seed).
         persistent_workers=num_workers > 0 and not train,
+        worker_init_fn=leave_signals_to_main_process,
         # Own generator: creating an iterator must not consume the global RNG (exact resume).
         generator=torch.Generator().manual_seed(seed),
     )
