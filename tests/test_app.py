@@ -16,7 +16,7 @@ from skimage import data
 
 from emotion import app
 from emotion.cli import app_main, demo_main
-from emotion.demo import Predictor
+from emotion.faces import Predictor
 from emotion.labels import CLASS_NAMES, FACE_REGIONS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
