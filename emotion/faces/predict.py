@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from emotion.errors import EmotionError
@@ -102,7 +101,7 @@ class Preprocessor:
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         from emotion.data.transforms import eval_preprocess
 
-        return eval_preprocess([cv2.cvtColor(c, cv2.COLOR_BGR2RGB) for c in crops], self.image_size, self.mean, self.std)
+        return eval_preprocess(crops, self.image_size, self.mean, self.std, bgr=True)
 
 
 # ------------------------------------------------------------------------------------------------
