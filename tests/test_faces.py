@@ -152,3 +152,23 @@ def test_a_bad_boxes_file_is_one_line(tmp_path, capsys):
     boxes.write_text("frame,x,y,w,h\n0,1,2,three,4\n")
     assert demo_main(["--source", str(tmp_path), "--model", str(CPU_MODEL), "--no-display", "--boxes", str(boxes)]) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+def test_a_track_survives_one_missed_detection_and_ends_after_max_missed():
+    from emotion.explain import explain
+    from emotion.faces import FaceResult, FaceTracker
+
+    def face(box):
+        probs, att = np.full(8, 1 / 8), np.full((4, 4), 1 / 16)
+        why = explain(probs, att)
+        return FaceResult(box, box, probs, why.label, why.confidence, att, why)
+
+    tracker = FaceTracker(max_missed=2)
+    assert [f.track_id for f in tracker.update([face((0, 0, 100, 100))])] == [1]
+    assert tracker.update([], detected=True) == [] and tracker.boxes() == []  # missed once: not re-run, id kept
+    assert [f.track_id for f in tracker.update([face((4, 2, 100, 100))])] == [1]  # back: same id
+    assert [f.track_id for f in tracker.update([face((4, 2, 100, 100))], detected=False)] == [1]  # between detections
+    tracker.update([], detected=True)
+    tracker.update([], detected=True)
+    assert tracker.tracks == []  # two detection rounds missed: the track ended
+    assert [f.track_id for f in tracker.update([face((4, 2, 100, 100))])] == [2]

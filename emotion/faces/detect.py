@@ -78,7 +78,7 @@ class BackgroundDetector:
     Each frame, `latest(frame, start)` returns the boxes of a detection that finished since the last call (None
     when none did) and, when `start` and the detector is idle, hands it this frame. The boxes lag the frame by
     one detection (a Haar pass: ~15 ms); the tracker carries the faces in between. It needs a free core: on two
-    cores the model gets one thread (see `emotion.demo.run`).
+    cores the model gets one thread (the demo does so for a camera).
     """
 
     def __init__(self, detector: FaceDetector) -> None:
