@@ -246,7 +246,7 @@ def demo_main(argv: list[str] | None = None) -> int:
                 detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.attention,
                 smoothing=args.smoothing, max_frames=args.max_frames, background_detection=args.background_detection,
                 boxes_path=args.boxes, frames_csv=args.frames_csv, summary_path=args.summary)
-    files = (f" ({len(stats.no_face)} photos without a face, {len(stats.unreadable)} unreadable files)"
+    files = (f" (photos without a face: {len(stats.no_face)}, unreadable files: {len(stats.unreadable)})"
              if stats.no_face or stats.unreadable else "")
     print(f"{stats.frames} frames, {stats.faces} faces{files}, {stats.fps:.1f} FPS (detect + classify + overlay)"
           + (f", annotated output in {args.output}" if args.output else "") + (f", records in {args.json}" if args.json else "")
