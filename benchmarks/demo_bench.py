@@ -4,7 +4,7 @@
     python benchmarks/demo_bench.py agreement --model results/RUN/best_model
     python benchmarks/demo_bench.py corners --model results/RUN/best_model --split test   # real faces: attention on a corner?
 
-fps: end-to-end frames per second (detect every --detect-every frames + preprocess + model + explain + track +
+fps: end-to-end frames per second (detect every --detect-every frames + crop + preprocess + model + explain + track +
 overlay) on 640x480 frames of skimage's astronaut photo, and the share the pipeline adds on top of the model.
 --background-detection runs the detector on its own thread, as the live demo does for a camera (give the model
 --threads 1 on a 2-core machine); its time is then reported apart, as it is off the frame loop.
@@ -24,7 +24,7 @@ def fps(args) -> dict:
     import torch
 
     from emotion.config import PRESETS
-    from emotion.demo import BackgroundDetector, Predictor, TorchRunner, process_frame
+    from emotion.faces import BackgroundDetector, HaarDetector, Predictor, TorchRunner, process_frame
     from emotion.model import EmotionNet
     import skimage.data
 
@@ -35,7 +35,7 @@ def fps(args) -> dict:
     else:
         keys = ("backbone", "image_size", "output_stride", "proj_dim", "lstm_hidden")
         runner = TorchRunner(EmotionNet(**{k: PRESETS[args.preset][k] for k in keys}))
-    predictor = Predictor(runner)
+    predictor = Predictor(runner, HaarDetector())
     base = cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), (480, 480))
     frame = cv2.copyMakeBorder(base, 0, 0, 80, 80, cv2.BORDER_REPLICATE)  # 640 x 480
     tracker = predictor.new_tracker()
@@ -66,7 +66,7 @@ def fps(args) -> dict:
 
 
 def agreement(args) -> dict:
-    from emotion.demo import Predictor, synthetic_agreement
+    from emotion.faces import Predictor, synthetic_agreement
 
     predictor = Predictor.from_model_dir(args.model)
     if args.no_baseline:

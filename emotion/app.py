@@ -1,6 +1,6 @@
-"""Gradio page over the demo's predictor: Photo, Webcam and Batch tabs (`emotion-app --model DIR`, `python -m emotion.app`).
+"""Gradio page over the face pipeline: Photo, Webcam and Batch tabs (`emotion-app --model DIR`).
 
-Detection, preprocessing, the model call, smoothing, the overlay and the explanation all come from `emotion.demo`;
+Detection, preprocessing, the model call, smoothing, the overlay and the explanation all come from `emotion.faces`;
 this module only turns its `FaceResult`s into page components. The page loads nothing from the internet:
 analytics off and system fonts instead of the theme's Google Fonts.
 """
@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from emotion.demo import FaceResult, Predictor, crop, draw_attention, draw_overlay, process_frame
-from emotion.labels import CLASS_NAMES, FACE_REGIONS
+from emotion.errors import EmotionError
+from emotion.faces import FaceResult, ListedBoxes, Predictor, draw_attention, draw_overlay, process_frame
+from emotion.labels import FACE_REGIONS
 
 NO_MODEL = ("no model given: make one with `make quickstart` (writes results/quickstart/best_model), "
             "then run `emotion-app --model results/quickstart/best_model`")
@@ -29,6 +30,11 @@ WEBCAM_INTERVAL_S = 0.25
 
 def _rgb(image_bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image_bgr[:, :, ::-1])
+
+
+def _pixels(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    x, y, w, h = box
+    return image[y:y + h, x:x + w]
 
 
 def face_row(file: str, index: int, face: FaceResult) -> list[Any]:
@@ -56,10 +62,10 @@ def analyse_photo(predictor: Predictor, image_rgb: np.ndarray | None):
     heat = image.copy()
     for face in faces:
         draw_attention(heat, face)
-    heatmaps = [(_rgb(crop(heat, f.crop_box)), f"face {i}: {f.label}") for i, f in enumerate(faces, start=1)]
-    probabilities = {name: float(p) for name, p in zip(CLASS_NAMES, faces[0].probabilities)}
+    heatmaps = [(_rgb(_pixels(heat, f.crop_box)), f"face {i}: {f.label}") for i, f in enumerate(faces, start=1)]
+    probabilities = {name: float(p) for name, p in zip(predictor.class_names, faces[0].probabilities)}
     rows = [face_row("photo", i, f) for i, f in enumerate(faces, start=1)]
-    return _rgb(draw_overlay(image, faces)), probabilities, heatmaps, describe(faces), rows
+    return _rgb(draw_overlay(image, faces, predictor.class_names)), probabilities, heatmaps, describe(faces), rows
 
 
 def analyse_frame(predictor: Predictor, frame_rgb: np.ndarray | None, state: dict | None):
@@ -73,17 +79,26 @@ def analyse_frame(predictor: Predictor, frame_rgb: np.ndarray | None, state: dic
     return _rgb(annotated), describe(faces) or "No face in view.", state
 
 
-def analyse_files(predictor: Predictor, paths: Sequence[str] | None, out_dir: Path | None = None):
-    """Batch tab: (table rows, CSV path, status line); an unreadable file or a photo without faces is a row, not an error."""
+def analyse_files(predictor: Predictor, paths: Sequence[str] | None, out_dir: Path | None = None,
+                  boxes_csv: str | None = None):
+    """Batch tab: (table rows, CSV path, status line); an unreadable file or a photo without faces is a row and a count,
+    not an error. `boxes_csv`: face boxes from another detector (file, x, y, w, h), used instead of detecting."""
+    try:
+        listed = ListedBoxes.read(boxes_csv) if boxes_csv else None
+    except EmotionError as err:
+        return [], None, f"Face boxes not used: {err}"
     rows: list[list[Any]] = []
+    unreadable = no_face = 0
     for path in paths or []:
         name = Path(path).name
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
+            unreadable += 1
             rows.append([name, 0, "unreadable", None, "not an image OpenCV can decode (use jpg/png/bmp/webp)", *[None] * len(FACE_REGIONS)])
             continue
-        faces = predictor.predict(image)
+        faces = predictor.classify(image, listed.boxes(0, name)) if listed else predictor.predict(image)
         if not faces:
+            no_face += 1
             rows.append([name, 0, "no face", None, NO_FACE, *[None] * len(FACE_REGIONS)])
         rows += [face_row(name, i, f) for i, f in enumerate(faces, start=1)]
     if not rows:
@@ -95,7 +110,8 @@ def analyse_files(predictor: Predictor, paths: Sequence[str] | None, out_dir: Pa
         csv.writer(handle).writerows([TABLE_HEADERS, *rows])
     os.replace(tmp, final)
     faces = sum(1 for r in rows if r[1])
-    return rows, str(final), f"{len(paths)} files, {faces} faces."
+    return rows, str(final), (f"{len(paths)} files, {faces} faces; {no_face} without a face, {unreadable} unreadable"
+                              + (" (boxes from the CSV)." if listed else "."))
 
 
 def build_app(predictor: Predictor, model_name: str = ""):
@@ -110,7 +126,8 @@ def build_app(predictor: Predictor, model_name: str = ""):
                 annotated = gr.Image(label="Faces", type="numpy", interactive=False, elem_id="photo-output")
             summary = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="photo-summary")
             with gr.Row():
-                probabilities = gr.Label(label="Probabilities (face 1)", num_top_classes=len(CLASS_NAMES), elem_id="photo-probabilities")
+                probabilities = gr.Label(label="Probabilities (face 1)", num_top_classes=len(predictor.class_names),
+                                         elem_id="photo-probabilities")
                 heatmaps = gr.Gallery(label="Attention (red: most attended)", columns=3, height=260, elem_id="photo-heatmaps")
             regions = gr.Dataframe(headers=TABLE_HEADERS, label="Per face: explanation and region weights", interactive=False)
             photo.change(lambda image: analyse_photo(predictor, image), inputs=photo,
@@ -118,17 +135,22 @@ def build_app(predictor: Predictor, model_name: str = ""):
         with gr.Tab("Webcam"):
             state = gr.State(None)
             with gr.Row():
-                camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy")
-                live = gr.Image(label="Faces (smoothed across frames)", type="numpy", interactive=False)
-            live_summary = gr.Textbox(label="Result", lines=2, interactive=False)
+                camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy", elem_id="webcam-input")
+                live = gr.Image(label="Faces (smoothed across frames)", type="numpy", interactive=False, elem_id="webcam-output")
+            live_summary = gr.Textbox(label="Result", lines=2, interactive=False, elem_id="webcam-summary")
             camera.stream(lambda frame, s: analyse_frame(predictor, frame, s), inputs=[camera, state],
                           outputs=[live, live_summary, state], stream_every=WEBCAM_INTERVAL_S)
         with gr.Tab("Batch"):
-            files = gr.File(label="Photos", file_count="multiple", file_types=["image"], type="filepath")
+            with gr.Row():
+                files = gr.File(label="Photos", file_count="multiple", file_types=["image"], type="filepath")
+                boxes = gr.File(label="Face boxes from another detector (optional CSV: file, x, y, w, h)",
+                                file_types=[".csv"], type="filepath", elem_id="batch-boxes")
             status = gr.Textbox(label="Status", interactive=False, elem_id="batch-status")
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Results", interactive=False, elem_id="batch-table")
             download = gr.File(label="CSV", interactive=False)
-            files.change(lambda paths: analyse_files(predictor, paths), inputs=files, outputs=[table, download, status])
+            for changed in (files, boxes):
+                changed.change(lambda paths, csv_path: analyse_files(predictor, paths, boxes_csv=csv_path),
+                               inputs=[files, boxes], outputs=[table, download, status])
     return app
 
 
@@ -149,9 +171,3 @@ def launch(model: str, host: str = "127.0.0.1", port: int = 7860, share: bool = 
     _, url, _ = app.launch(server_name=host, server_port=port, share=share, theme=offline_theme(), show_error=True,
                            prevent_thread_lock=not block, quiet=not block)
     return app, url
-
-
-if __name__ == "__main__":
-    from emotion.cli import app_main
-
-    raise SystemExit(app_main())

@@ -237,6 +237,16 @@ def demo_parser() -> argparse.ArgumentParser:
     add_number(parser, "--smoothing", number(0, 1, low_open=True), 0.5, "weight of the newest frame in the smoothed probabilities (1 = none)")
     parser.add_argument("--no-attention", dest="attention", action="store_false", help="start with the attention heatmap off")
     add_number(parser, "--max-frames", Range(1, 10**9), None, "stop after N frames")
+    parser.add_argument("--boxes", default=None, metavar="FILE.csv",
+                        help="face boxes from another detector instead of running one: a CSV with columns file (a "
+                             "folder's photo names) or frame (a video's frame numbers, from 0), x, y, w, h")
+    parser.add_argument("--frames-csv", default=None, metavar="FILE.csv",
+                        help="one row per face per frame: frame, source, time, face_id, x, y, w, h, label, confidence "
+                             "and a probability per class")
+    parser.add_argument("--summary", default=None, metavar="PATH",
+                        help="per face id: frames seen, dominant expression, share of frames per class; written as "
+                             "PATH.json and PATH.csv (for a folder, the JSON also counts photos without a face and "
+                             "unreadable files)")
     return parser
 
 
@@ -247,9 +257,14 @@ def demo_main(argv: list[str] | None = None) -> int:
     args = demo_parser().parse_args(argv)
     stats = run(args.source, args.model, output=args.output, json_path=args.json, display=args.display,
                 detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.attention,
-                smoothing=args.smoothing, max_frames=args.max_frames, background_detection=args.background_detection)
-    print(f"{stats.frames} frames, {stats.faces} faces, {stats.fps:.1f} FPS (detect + classify + overlay)"
-          + (f", annotated output in {args.output}" if args.output else "") + (f", records in {args.json}" if args.json else ""))
+                smoothing=args.smoothing, max_frames=args.max_frames, background_detection=args.background_detection,
+                boxes_path=args.boxes, frames_csv=args.frames_csv, summary_path=args.summary)
+    files = (f" (photos without a face: {len(stats.no_face)}, unreadable files: {len(stats.unreadable)})"
+             if stats.no_face or stats.unreadable else "")
+    print(f"{stats.frames} frames, {stats.faces} faces{files}, {stats.fps:.1f} FPS (detect + classify + overlay)"
+          + (f", annotated output in {args.output}" if args.output else "") + (f", records in {args.json}" if args.json else "")
+          + (f", per-frame rows in {args.frames_csv}" if args.frames_csv else "")
+          + (f", summary in {Path(args.summary).with_suffix('.json')} and .csv" if args.summary else ""))
     return 0
 
 

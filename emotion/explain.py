@@ -1,8 +1,8 @@
 """Attention -> facial regions -> facial-action prototype phrase ("Brows Down + Lids Tight -> Anger").
 
 Pure functions on numpy arrays. The spatial attention map (H x W cells, summing to 1) covers the square
-face crop the model saw; every crop follows one canonical layout (the synthetic generator's, which the
-demo's Haar crops are margined to match), given as fractions of the crop:
+face crop the model saw; every crop follows one canonical layout (the synthetic generator's; the face pipeline
+crops a detected face by training's rule, emotion.faces.crop_region), given as fractions of the crop:
 brows y 0.25-0.38, eyes 0.35-0.48, nose 0.45-0.62, cheeks 0.5-0.7 at the sides, mouth 0.65-0.8, jaw 0.78-0.95.
 
 A region's weight is its attention *lift*: the attention mass inside it divided by its area, so 1.0 means

@@ -1,5 +1,5 @@
-"""ONNX export checked against PyTorch, the ONNX Runtime runner, a PyTorch-vs-ONNX Runtime speed comparison,
-and the Hub push. The model card itself lives in `emotion.card`.
+"""ONNX export checked against PyTorch (with the face pipeline's ONNX Runtime runner, `emotion.faces.OnnxRunner`),
+a PyTorch-vs-ONNX Runtime speed comparison, and the Hub push. The model card itself lives in `emotion.card`.
 """
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ from torch import nn
 
 from emotion import card
 from emotion.errors import EmotionError
+from emotion.faces.predict import ONNX_INPUT as INPUT_NAME, ONNX_OUTPUTS as OUTPUT_NAMES, OnnxRunner
 from emotion.model import EmotionNet, load_model
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
 TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 3)  # two sizes, so the dynamic batch axis is checked too
-INPUT_NAME = "pixel_values"
-OUTPUT_NAMES = ("logits", "attention")
 # Files a saved model folder may hold; only these go to the Hub.
 MODEL_FILES = ("README.md", "config.json", "model.safetensors", "metrics.json", ONNX_FILE)
 
@@ -39,37 +38,6 @@ class _LogitsAndAttention(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(pixel_values, return_attention=True)
-
-
-class OnnxRunner:
-    """A `model.onnx` in ONNX Runtime with the torch runner's call (emotion.demo.TorchRunner): preprocessed float32
-    batch (N, 3, S, S) in, (probabilities (N, C), attention (N, H, W)) out; `config` is the config.json beside it."""
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        path = Path(path)
-        config_path = path.parent / "config.json"
-        if not path.is_file() or not config_path.is_file():
-            raise EmotionError(f"{path} is not an exported model (needs {path.name} with config.json beside it): "
-                               "make one with `emotion-export --model DIR --format onnx`")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types for every unreadable graph
-            raise EmotionError(f"onnxruntime cannot load {path} ({type(err).__name__}): re-export it with emotion-export") from None
-        self.config = card.read_json(config_path)
-
-    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw graph outputs: logits (N, C), attention (N, H, W)."""
-        logits, attention = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
-        return logits, attention
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, attention = self.outputs(batch)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # max-shifted: no overflow in exp
-        return shifted / shifted.sum(axis=1, keepdims=True), attention
 
 
 def _export_graph(model: EmotionNet, path: Path, opset: int) -> None:

@@ -77,6 +77,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         attention_prior: Sequence[Sequence[float]] | None = None,
         aux_head: bool = False,
         backbone_width: float = 1.0,
+        face_margin: float | None = None,
     ) -> None:
         super().__init__()
         backbone_kwargs = backbone_options(output_stride, backbone_width)
@@ -93,6 +94,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             mean=list(mean or data_config.get("mean", (0.485, 0.456, 0.406))),
             std=list(std or data_config.get("std", (0.229, 0.224, 0.225))),
             attention_prior=attention_prior, aux_head=aux_head, backbone_width=backbone_width,
+            face_margin=face_margin,  # the crop rule's margin of the training faces, which the face pipeline applies too
         )
         channels = self.backbone.num_features
         self.channel_attention = ChannelAttention(channels) if attention else nn.Identity()
@@ -163,7 +165,7 @@ def build_model(config) -> EmotionNet:
         backbone=config.backbone, image_size=config.image_size, output_stride=config.output_stride,
         proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden, lstm_layers=config.lstm_layers,
         dropout=config.dropout, attention=config.attention, aux_head=config.aux_loss_weight > 0,
-        backbone_width=config.backbone_width,
+        backbone_width=config.backbone_width, face_margin=config.face_margin,
     )
     if config.use_pretrained() or config.pretrained_path:
         model.load_backbone_weights(config.pretrained_path)

@@ -8,7 +8,8 @@ import skimage.data
 
 from conftest import run_script
 from emotion.cli import demo_main
-from emotion.demo import DnnDetector, FaceResult, FaceTracker, Predictor, TorchRunner, crop, crop_box, run, synthetic_agreement
+from emotion.demo import run
+from emotion.faces import DnnDetector, FaceResult, FaceTracker, Predictor, TorchRunner, synthetic_agreement
 from emotion.errors import EmotionError
 from emotion.explain import explain
 from emotion.labels import CLASS_NAMES, NUM_CLASSES
@@ -57,17 +58,14 @@ def test_finds_the_astronaut_face_with_the_model_preprocessing(predictor, astron
     grid = predictor.runner.config["image_size"] // 16
     assert face.attention.shape == (grid, grid) and face.attention.sum() == pytest.approx(1, abs=1e-4)
     assert face.explanation.phrase and set(face.explanation.region_weights) == {"brows", "eyes", "nose", "cheeks", "mouth", "jaw"}
-    # the crop is the box grown by the margin on every side; the batch matches the saved config
+    # the crop is the box grown by the training margin on every side; the batch matches the saved config
     cx, cy, cw, ch = face.crop_box
     assert cw == ch > w and cx < x and cy < y
-    batch = predictor.preprocess([crop(astronaut, face.crop_box)])
+    assert predictor.margin == predictor.runner.config["face_margin"] == 0.2
+    _, _, crops = predictor.crops(astronaut, [face.box])
+    batch = predictor.preprocess(crops)
     size = predictor.runner.config["image_size"]
     assert batch.shape == (1, 3, size, size) and batch.dtype == np.float32
-
-
-def test_crop_pads_faces_at_the_frame_edge(astronaut):
-    square = crop_box((-20, -10, 60, 60), margin=0.1)
-    assert crop(astronaut, square).shape == (72, 72, 3)
 
 
 def test_runner_matches_the_model(model_dir):
@@ -154,13 +152,13 @@ def test_background_detection_follows_the_face_off_the_frame_loop(model_dir, vid
 
 
 def test_overlay_text_is_drawn_and_cached(predictor, astronaut):
-    from emotion.demo import _text_sprite, draw_overlay
+    from emotion.faces.overlay import _text_sprite, draw_overlay
 
     faces = predictor.predict(astronaut)
     _text_sprite.cache_clear()
-    first = draw_overlay(astronaut, faces, fps=30.0)
+    first = draw_overlay(astronaut, faces, predictor.class_names, fps=30.0)
     misses = _text_sprite.cache_info().misses
-    second = draw_overlay(astronaut, faces, fps=30.0)
+    second = draw_overlay(astronaut, faces, predictor.class_names, fps=30.0)
     assert np.array_equal(first, second) and _text_sprite.cache_info().misses == misses  # rendered once, blended again
     x, y, w, h = faces[0].box
     label_band = (slice(max(0, y - 30), y), slice(x, x + w))

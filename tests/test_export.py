@@ -11,6 +11,7 @@ from huggingface_hub import HfApi, ModelCard
 from emotion import export
 from emotion.cli import export_main, push_main
 from emotion.config import PRESETS, TrainConfig
+from emotion.faces import OnnxRunner
 from emotion.labels import CLASS_NAMES
 from emotion.model import build_model, load_model
 
@@ -26,7 +27,7 @@ def test_export_writes_onnx_config_metrics_and_card(tiny_onnx):
 
 def test_onnxruntime_matches_pytorch_at_a_new_batch_size(tiny_run, tiny_onnx):
     model = load_model(tiny_run / "best_model").eval()
-    runner = export.OnnxRunner(tiny_onnx / "model.onnx")
+    runner = OnnxRunner(tiny_onnx / "model.onnx")
     gaps = export.parity_gap(model, runner, batches=(5,), seed=7)
     assert max(gaps.values()) <= 1e-4
     probabilities, attention = runner(np.zeros((5, 3, model.image_size, model.image_size), np.float32))

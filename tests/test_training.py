@@ -75,13 +75,15 @@ def test_eval_preprocess_equals_the_eval_transform():
     from emotion.data.transforms import eval_preprocess
 
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(129, 129, 3), (100, 140, 3), (141, 97, 3), (40, 50, 3)]]
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(129, 129, 3), (100, 140, 3), (141, 97, 3), (40, 50, 3),
+                                                                         (80, 80, 3)]]
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     transform = build_transform(80, mean, std, train=False)
     expected = np.stack([transform(Image.fromarray(image)).numpy() for image in images])
     got = eval_preprocess(images, 80, mean, std)
-    assert got.shape == (4, 3, 80, 80) and got.dtype == np.float32
+    assert got.shape == (5, 3, 80, 80) and got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(eval_preprocess([image[:, :, ::-1] for image in images], 80, mean, std, bgr=True), expected)
 
 
 def test_nan_skip_under_fp16_keeps_the_grad_scaler_and_batchnorm_statistics(tmp_path, cache_dir, monkeypatch):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import uuid
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from emotion.errors import EmotionError
+from emotion.faces.detect import NoCrop, crop_face, crop_region
 from emotion.labels import CLASS_NAMES, NUM_CLASSES
 
 # Bump when decoding, cropping or encoding changes: old caches then stop matching.
@@ -124,32 +124,21 @@ def decode_rgb(path: str) -> tuple[Image.Image, list[str]]:
 
 def crop_box(width: int, height: int, box: tuple[float, float, float, float] | None,
              margin: float) -> tuple[tuple[int, int, int, int], list[str]]:
-    """Square crop (x0, y0, x1, y1) inside the image: the face box grown by `margin` per side, or the centre square."""
-    if box is None:
-        side = min(width, height)
-        x0, y0 = (width - side) // 2, (height - side) // 2
-        return (x0, y0, x0 + side, y0 + side), []
-    x, y, w, h = box
-    if not all(math.isfinite(v) for v in box) or w <= 0 or h <= 0:
-        raise SkipImage("bad_box")
-    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-        raise SkipImage("box_outside_image")
-    side = max(w, h) * (1 + 2 * margin)
-    cx, cy = x + w / 2, y + h / 2
-    wanted = (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
-    crop = (max(0, wanted[0]), max(0, wanted[1]), min(width, wanted[2]), min(height, wanted[3]))
-    if crop[2] - crop[0] < 2 or crop[3] - crop[1] < 2:
-        raise SkipImage("box_outside_image")
+    """The face crop (x0, y0, x1, y1) by the rule the face pipeline also applies (emotion.faces.crop_region), and notes."""
+    try:
+        region = crop_region(width, height, box, margin)
+    except NoCrop as reason:
+        raise SkipImage(str(reason)) from None
     # The margin often leaves the photo; only a face box that itself leaves the photo is worth reporting.
-    clipped = x < 0 or y < 0 or x + w > width or y + h > height
-    return crop, ["box_clipped"] if clipped else []
+    clipped = box is not None and (box[0] < 0 or box[1] < 0 or box[0] + box[2] > width or box[1] + box[3] > height)
+    return region, ["box_clipped"] if clipped else []
 
 
 def prepare_image(record: Record, image_size: int, margin: float) -> tuple[bytes, tuple[int, int, int, int], list[str]]:
     """Decode, crop and resize one record to JPEG bytes; raises SkipImage with the reason."""
     image, notes = decode_rgb(record.path)
     crop, crop_notes = crop_box(image.width, image.height, record.box, margin)
-    face = image.crop(crop).resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    face = Image.fromarray(crop_face(np.asarray(image), crop, image_size))
     buffer = io.BytesIO()
     face.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue(), crop, notes + crop_notes

@@ -28,25 +28,28 @@ def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
     ])
 
 
-def eval_preprocess(images: Sequence[np.ndarray], image_size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """`build_transform(train=False)` for uint8 RGB arrays, batched: (N, 3, S, S) float32.
+def eval_preprocess(images: Sequence[np.ndarray], image_size: int, mean: Sequence[float], std: Sequence[float],
+                    bgr: bool = False) -> np.ndarray:
+    """`build_transform(train=False)` for uint8 RGB arrays (`bgr`: OpenCV's order, read without a conversion copy),
+    batched: (N, 3, S, S) float32.
 
     The same PIL bilinear resize of the short side, centre crop and normalisation, without torchvision's
     per-image dispatch (the live demo pays this every frame); a test holds the two equal, bit for bit.
     """
     batch = np.empty((len(images), 3, image_size, image_size), np.float32)
     table = _normalisation_table(tuple(mean), tuple(std))
-    for i, rgb in enumerate(images):
-        h, w = rgb.shape[:2]
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(image_size * long / short)
-        new_w, new_h = (image_size, new_long) if w <= h else (new_long, image_size)
-        image = Image.frombuffer("RGB", (w, h), np.ascontiguousarray(rgb), "raw", "RGB", 0, 1)
-        pixels = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
-        top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))
-        pixels = pixels[top:top + image_size, left:left + image_size]
+    for i, pixels in enumerate(images):
+        h, w = pixels.shape[:2]
+        if (h, w) != (image_size, image_size):  # a face cropped at the model's size needs no resize (the demo's case)
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(image_size * long / short)
+            new_w, new_h = (image_size, new_long) if w <= h else (new_long, image_size)
+            image = Image.frombuffer("RGB", (w, h), np.ascontiguousarray(pixels), "raw", "RGB", 0, 1)
+            pixels = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))  # per channel: any channel order
+            top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))
+            pixels = pixels[top:top + image_size, left:left + image_size]
         for channel in range(3):
-            np.take(table[channel], pixels[:, :, channel], out=batch[i, channel])
+            np.take(table[channel], pixels[:, :, 2 - channel if bgr else channel], out=batch[i, channel])
     return batch
 
 

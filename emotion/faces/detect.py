@@ -1,0 +1,198 @@
+"""Where the faces are: detectors, the background detector, boxes from another detector's CSV, and the crop rule
+training and inference share.
+
+Each detector has `detect(image_bgr) -> [(x, y, w, h), ...]`. The crop rule (`crop_region` + `crop_face`) is the one
+`emotion.data.prepare` builds the training cache with; the margin travels in the saved model's config.json.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Mapping, Protocol
+
+import cv2
+import numpy as np
+
+from emotion.errors import EmotionError
+
+Box = tuple[int, int, int, int]  # x, y, width, height in frame pixels
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1: a crop inside the image
+
+
+class FaceDetector(Protocol):
+    def detect(self, image: np.ndarray) -> list[Box]: ...
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade, run on a downscaled grey frame (full-size frames cost more than the model)."""
+
+    def __init__(self, cascade_path: str | None = None, detect_width: int = 320, scale_factor: float = 1.2,
+                 min_neighbors: int = 5, min_face: float = 0.12) -> None:
+        path = cascade_path or os.path.join(getattr(getattr(cv2, "data", None), "haarcascades", ""),
+                                            "haarcascade_frontalface_default.xml")
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise EmotionError(f"no Haar cascade at {path!r}: install opencv-python<5 (5.x ships none) "
+                               "or give a DNN face model with --detector-model")
+        self.detect_width, self.scale_factor, self.min_neighbors, self.min_face = detect_width, scale_factor, min_neighbors, min_face
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+        scale = min(1.0, self.detect_width / grey.shape[1])
+        if scale < 1.0:
+            grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        side = max(12, int(self.min_face * min(grey.shape)))
+        found = self.cascade.detectMultiScale(cv2.equalizeHist(grey), scaleFactor=self.scale_factor,
+                                              minNeighbors=self.min_neighbors, minSize=(side, side))
+        return [tuple(int(round(v / scale)) for v in box) for box in np.asarray(found).reshape(-1, 4)]
+
+
+class DnnDetector:
+    """OpenCV's YuNet face detector (a `face_detection_yunet_*.onnx` file), for profile and small faces."""
+
+    def __init__(self, model_path: str, score_threshold: float = 0.6) -> None:
+        if not Path(model_path).is_file():
+            raise EmotionError(f"face detector model {model_path!r} not found: give an OpenCV YuNet .onnx file, "
+                               "or leave --detector-model out to use the Haar cascade")
+        try:
+            self.net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
+        except cv2.error as err:
+            reason = " ".join(err.msg.split()).split("error: ")[-1]  # OpenCV's text spans lines and names its own source
+            raise EmotionError(f"cannot load face detector {model_path!r} (needs an OpenCV YuNet .onnx): {reason}") from None
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        self.net.setInputSize((image.shape[1], image.shape[0]))
+        _, faces = self.net.detect(image)
+        return [] if faces is None else [tuple(int(round(v)) for v in face[:4]) for face in faces]
+
+
+def build_detector(model_path: str | None = None) -> FaceDetector:
+    return DnnDetector(model_path) if model_path else HaarDetector()
+
+
+class BackgroundDetector:
+    """A detector on its own thread, so the frame loop never waits for it (OpenCV releases the GIL while it detects).
+
+    Each frame, `latest(frame, start)` returns the boxes of a detection that finished since the last call (None
+    when none did) and, when `start` and the detector is idle, hands it this frame. The boxes lag the frame by
+    one detection (a Haar pass: ~15 ms); the tracker carries the faces in between. It needs a free core: on two
+    cores the model gets one thread (the demo does so for a camera).
+    """
+
+    def __init__(self, detector: FaceDetector) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.detector = detector
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detector")
+        self.pending = None
+        self.seconds = 0.0  # detector time spent off the frame loop (real CPU time, just not on the critical path)
+
+    def _detect(self, frame: np.ndarray) -> list[Box]:
+        start = time.perf_counter()
+        boxes = self.detector.detect(frame)
+        self.seconds += time.perf_counter() - start
+        return boxes
+
+    def latest(self, frame: np.ndarray, start: bool = True, wait: bool = False) -> list[Box] | None:
+        """Boxes of a detection finished since the last call (or None); `wait` blocks for one (nothing is tracked)."""
+        fresh = None
+        if self.pending is not None and (wait or self.pending.done()):
+            fresh, self.pending = self.pending.result(), None
+        if start and self.pending is None:
+            self.pending = self.pool.submit(self._detect, frame.copy())  # the loop draws on its frame meanwhile
+            if wait and fresh is None:
+                fresh, self.pending = self.pending.result(), None
+        return fresh
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ListedBoxes:
+    """Face boxes from another detector, read from a CSV with a `file` or `frame` column and `x, y, w, h`.
+
+    `boxes(frame_index, name)` gives a frame's boxes: a video's rows by frame number (from 0), a folder's by file name.
+    """
+
+    KEYS = ("file", "frame")
+
+    def __init__(self, by_key: Mapping[str, list[Box]], key: str) -> None:
+        self.by_key, self.key = dict(by_key), key
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ListedBoxes":
+        path = Path(path)
+        try:
+            handle = path.open(newline="")
+        except OSError as err:
+            raise EmotionError(f"cannot read boxes file {path}: {err.strerror}; give a CSV with columns file or frame, x, y, w, h") from None
+        with handle:
+            rows = csv.DictReader(handle)
+            columns = [c.strip().lower() for c in rows.fieldnames or []]
+            key = next((k for k in cls.KEYS if k in columns), None)
+            if key is None or not {"x", "y", "w", "h"} <= set(columns):
+                raise EmotionError(f"boxes file {path} has columns {columns}: it needs file (or frame), x, y, w, h")
+            rows.fieldnames = columns
+            by_key: dict[str, list[Box]] = {}
+            for line, row in enumerate(rows, start=2):
+                try:
+                    box = tuple(int(round(float(row[c]))) for c in ("x", "y", "w", "h"))
+                    name = str(int(row[key])) if key == "frame" else Path(row[key].strip()).name
+                except (TypeError, ValueError):
+                    raise EmotionError(f"boxes file {path}, line {line}: {key}, x, y, w, h must be numbers (a name "
+                                       f"for file), got {[row.get(c) for c in (key, 'x', 'y', 'w', 'h')]}") from None
+                if box[2] > 0 and box[3] > 0:
+                    by_key.setdefault(name, []).append(box)
+        return cls(by_key, key)
+
+    def boxes(self, frame_index: int, name: str) -> list[Box]:
+        return list(self.by_key.get(str(frame_index) if self.key == "frame" else Path(name).name, []))
+
+
+# ------------------------------------------------------------------------------------------------
+# The crop rule, shared with training's prepared cache
+# ------------------------------------------------------------------------------------------------
+class NoCrop(ValueError):
+    """A face box that gives no crop; the message is the reason (bad_box, box_outside_image)."""
+
+
+def face_margin(config: Mapping) -> float:
+    """The margin a model's crops were made with (its config.json); training's default for models saved before it was kept."""
+    from emotion.config import TrainConfig
+
+    margin = config.get("face_margin")
+    return float(TrainConfig.face_margin if margin is None else margin)
+
+
+def crop_region(width: int, height: int, box: tuple[float, float, float, float] | None, margin: float) -> Region:
+    """The face crop (x0, y0, x1, y1): a square of the box's longer side grown by `margin` per side, centred on the
+    box and clipped to the image (so a face at the edge gives a narrower crop); no box: the centre square."""
+    if box is None:
+        side = min(width, height)
+        x0, y0 = (width - side) // 2, (height - side) // 2
+        return x0, y0, x0 + side, y0 + side
+    x, y, w, h = box
+    if not all(math.isfinite(v) for v in box) or w <= 0 or h <= 0:
+        raise NoCrop("bad_box")
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise NoCrop("box_outside_image")
+    side = max(w, h) * (1 + 2 * margin)
+    cx, cy = x + w / 2, y + h / 2
+    wanted = (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+    region = (max(0, wanted[0]), max(0, wanted[1]), min(width, wanted[2]), min(height, wanted[3]))
+    if region[2] - region[0] < 2 or region[3] - region[1] < 2:
+        raise NoCrop("box_outside_image")
+    return region
+
+
+def crop_face(image: np.ndarray, region: Region, size: int) -> np.ndarray:
+    """The pixels of `region` resized to size x size, as the prepared training cache holds them (PIL bicubic);
+    any channel order, since each channel is resized alone."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = region
+    pixels = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+    return np.asarray(pixels.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
