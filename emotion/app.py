@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from emotion.demo import FaceResult, Predictor, crop, draw_attention, draw_overlay, process_frame
-from emotion.labels import CLASS_NAMES, FACE_REGIONS
+from emotion.labels import FACE_REGIONS
 
 NO_MODEL = ("no model given: make one with `make quickstart` (writes results/quickstart/best_model), "
             "then run `emotion-app --model results/quickstart/best_model`")
@@ -57,9 +57,9 @@ def analyse_photo(predictor: Predictor, image_rgb: np.ndarray | None):
     for face in faces:
         draw_attention(heat, face)
     heatmaps = [(_rgb(crop(heat, f.crop_box)), f"face {i}: {f.label}") for i, f in enumerate(faces, start=1)]
-    probabilities = {name: float(p) for name, p in zip(CLASS_NAMES, faces[0].probabilities)}
+    probabilities = {name: float(p) for name, p in zip(predictor.class_names, faces[0].probabilities)}
     rows = [face_row("photo", i, f) for i, f in enumerate(faces, start=1)]
-    return _rgb(draw_overlay(image, faces)), probabilities, heatmaps, describe(faces), rows
+    return _rgb(draw_overlay(image, faces, class_names=predictor.class_names)), probabilities, heatmaps, describe(faces), rows
 
 
 def analyse_frame(predictor: Predictor, frame_rgb: np.ndarray | None, state: dict | None):
@@ -110,7 +110,7 @@ def build_app(predictor: Predictor, model_name: str = ""):
                 annotated = gr.Image(label="Faces", type="numpy", interactive=False, elem_id="photo-output")
             summary = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="photo-summary")
             with gr.Row():
-                probabilities = gr.Label(label="Probabilities (face 1)", num_top_classes=len(CLASS_NAMES), elem_id="photo-probabilities")
+                probabilities = gr.Label(label="Probabilities (face 1)", num_top_classes=len(predictor.class_names), elem_id="photo-probabilities")
                 heatmaps = gr.Gallery(label="Attention (red: most attended)", columns=3, height=260, elem_id="photo-heatmaps")
             regions = gr.Dataframe(headers=TABLE_HEADERS, label="Per face: explanation and region weights", interactive=False)
             photo.change(lambda image: analyse_photo(predictor, image), inputs=photo,

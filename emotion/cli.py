@@ -62,6 +62,9 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the run's)")
     parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation: average with the mirrored image")
     parser.add_argument("--save-predictions", action="store_true", help="also write predictions.csv (id, true, predicted, probabilities)")
+    parser.add_argument("--detect-faces", type=parse_bool, default=None, metavar="BOOL",
+                        help="crop the largest face of each photo of a folder set (imagefolder, rafdb) as training "
+                             "with --detect-faces did (default: what the run used)")
     return parser
 
 
@@ -75,6 +78,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         split="validation" if args.split == "val" else args.split,
         output_dir=Path(args.output_dir) if args.output_dir else None, batch_size=args.batch_size,
         num_workers=args.num_workers, tta=None if args.tta == "none" else args.tta, save_predictions=args.save_predictions,
+        detect_faces=args.detect_faces,
     )
     return 0
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from emotion.errors import EmotionError
 from emotion.explain import MIN_CONFIDENCE, Explanation, baseline_weights, explain
+from emotion.labels import CLASS_NAMES
 
 Box = tuple[int, int, int, int]  # x, y, width, height in frame pixels
 
@@ -202,14 +203,12 @@ class FaceResult:
     explanation: Explanation | None  # None from classify(explained=False): the tracker explains the smoothed result
     track_id: int | None = None
 
-    def to_dict(self) -> dict:
-        """JSON-ready record (class names as keys)."""
-        from emotion.labels import CLASS_NAMES
-
+    def to_dict(self, class_names: Sequence[str]) -> dict:
+        """JSON-ready record (the model's class names as keys)."""
         return {
             "track_id": self.track_id, "box": [int(v) for v in self.box], "label": self.label,
             "confidence": round(float(self.confidence), 4),
-            "probabilities": {n: round(float(p), 4) for n, p in zip(CLASS_NAMES, self.probabilities)},
+            "probabilities": {n: round(float(p), 4) for n, p in zip(class_names, self.probabilities)},
             "explanation": {"phrase": self.explanation.phrase, "status": self.explanation.status,
                             "top_region": self.explanation.top_region, "actions": self.explanation.actions,
                             "region_weights": {r: round(w, 3) for r, w in self.explanation.region_weights.items()}},
@@ -218,8 +217,8 @@ class FaceResult:
 
 def make_result(box: Box, box_crop: Box, probabilities: np.ndarray, attention: np.ndarray,
                 min_confidence: float = MIN_CONFIDENCE, track_id: int | None = None,
-                baseline: dict[str, float] | None = None) -> FaceResult:
-    why = explain(probabilities, attention, min_confidence=min_confidence, baseline=baseline)
+                baseline: dict[str, float] | None = None, class_names: Sequence[str] = CLASS_NAMES) -> FaceResult:
+    why = explain(probabilities, attention, min_confidence=min_confidence, baseline=baseline, class_names=class_names)
     return FaceResult(box, box_crop, np.asarray(probabilities, np.float32), why.label, why.confidence,
                       np.asarray(attention, np.float32), why, track_id)
 
@@ -234,13 +233,14 @@ class Predictor:
         self.detector = detector if detector is not None else HaarDetector()
         self.preprocess = Preprocessor(runner.config)
         self.baseline = baseline_weights(runner.config.get("attention_prior"))
+        self.class_names = runner.config["class_names"]  # the model's own classes (8, or 7 without contempt)
         self.margin = margin
         self.min_confidence = min_confidence
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
 
     def new_tracker(self, **kwargs) -> "FaceTracker":
         """A tracker whose smoothed results are explained the way this predictor explains them."""
-        return FaceTracker(min_confidence=self.min_confidence, baseline=self.baseline, **kwargs)
+        return FaceTracker(min_confidence=self.min_confidence, baseline=self.baseline, class_names=self.class_names, **kwargs)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, detector_model: str | None = None, **kwargs) -> "Predictor":
@@ -275,10 +275,10 @@ class Predictor:
         batch = self._timed("preprocess", self.preprocess, crops)
         probabilities, attention = self._timed("model", self.runner, batch)
         if not explained:
-            names = self.runner.config["class_names"]
-            return [FaceResult(b, s, p, names[int(p.argmax())], float(p.max()), a, None)
+            return [FaceResult(b, s, p, self.class_names[int(p.argmax())], float(p.max()), a, None)
                     for b, s, p, a in zip(boxes, squares, probabilities, attention)]
-        return self._timed("explain", lambda: [make_result(b, s, p, a, self.min_confidence, baseline=self.baseline)
+        return self._timed("explain", lambda: [make_result(b, s, p, a, self.min_confidence, baseline=self.baseline,
+                                                           class_names=self.class_names)
                                                for b, s, p, a in zip(boxes, squares, probabilities, attention)])
 
 
@@ -312,6 +312,7 @@ class FaceTracker:
     max_missed: int = 5
     min_confidence: float = MIN_CONFIDENCE
     baseline: dict[str, float] | None = None  # explanations' baseline (Predictor.baseline)
+    class_names: Sequence[str] = CLASS_NAMES  # the model's classes (Predictor.class_names)
     tracks: list[_Track] = field(default_factory=list)
     next_id: int = 1
 
@@ -348,7 +349,8 @@ class FaceTracker:
                 track = _Track(self.next_id, face)
                 self.next_id += 1
                 self.tracks.append(track)
-            track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id, self.baseline)
+            track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id, self.baseline,
+                                     self.class_names)
             out.append(track.face)
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         return out
@@ -419,8 +421,6 @@ def draw_overlay(frame: np.ndarray, faces: Sequence[FaceResult], show_attention:
                  fps: float | None = None, class_names: Sequence[str] | None = None, in_place: bool = False) -> np.ndarray:
     """An annotated copy of a BGR frame (or the frame itself, `in_place`): per face its box, label + confidence,
     per-class bars and the phrase."""
-    from emotion.labels import CLASS_NAMES
-
     names = class_names or CLASS_NAMES
     out = frame if in_place else frame.copy()
     H, W = out.shape[:2]
@@ -602,7 +602,8 @@ def process_frame(predictor: Predictor, tracker: FaceTracker, frame: np.ndarray,
     faces = tracker.update(faces)  # smooths, then explains each face once
     predictor.timings["explain + track"] += time.perf_counter() - start
     start = time.perf_counter()
-    annotated = draw_overlay(frame, faces, show_attention=show_attention, fps=fps, in_place=True)
+    annotated = draw_overlay(frame, faces, show_attention=show_attention, fps=fps, class_names=predictor.class_names,
+                             in_place=True)
     predictor.timings["overlay"] += time.perf_counter() - start
     return faces, annotated
 
@@ -653,7 +654,7 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
             stats.faces += len(faces)
             if log:
                 for face in faces:
-                    log.write({"frame": index, "source": name, **face.to_dict()})
+                    log.write({"frame": index, "source": name, **face.to_dict(predictor.class_names)})
             if sink:
                 sink.write(name, annotated)
             if display:
