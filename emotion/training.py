@@ -40,7 +40,7 @@ NAN_EXIT_CODE = 3
 # After this many epochs a run whose balanced accuracy is below STALL_MARGIN x chance gets a one-line warning.
 STALL_CHECK_EPOCH = 2
 STALL_MARGIN = 1.25
-# A validation set whose largest class has this many times the images of its smallest gets the --select-metric hint.
+# A validation set whose largest class has this many times the images of its smallest is called imbalanced.
 IMBALANCE_RATIO = 3.0
 
 
@@ -118,7 +118,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     weights = class_weights(counts, config.class_weights)
     accelerator.print("train counts: " + ", ".join(f"{n}={c}" for n, c in zip(class_names, counts)))
     accelerator.print(f"class weights ({config.class_weights}): " + ", ".join(f"{n}={w:.3f}" for n, w in zip(class_names, weights)))
-    hint_if_imbalanced(accelerator, class_counts(splits["validation"]), config)
+    accelerator.print(selection_line(class_counts(splits["validation"]), config.select_metric))
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=accelerator.device.type == "cuda")  # one kernel for all parameters
@@ -316,13 +316,16 @@ def handle_bad_step(accelerator, optimizer, config: TrainConfig, state: dict, lo
         f"kept (lower --lr, or --nan-policy skip)")
 
 
-def hint_if_imbalanced(accelerator, counts, config: TrainConfig) -> None:
-    """One start-up line when accuracy would select the model on an imbalanced validation set."""
+def selection_line(counts: np.ndarray, select_metric: str) -> str:
+    """The start-up line saying what picks the best model; on an imbalanced validation set it says so too, and with
+    plain accuracy it suggests balanced accuracy."""
+    line = f"model selection: validation {select_metric} picks the best model and drives the lr schedule"
     present = counts[counts > 0]
-    if config.select_metric == "accuracy" and len(present) > 1 and present.max() >= IMBALANCE_RATIO * present.min():
-        accelerator.print(f"note: the validation set is imbalanced ({present.max()} vs {present.min()} images per class): "
-                          f"accuracy, which picks the best model and drives the lr schedule, mostly rewards the large "
-                          f"classes; --select-metric balanced_accuracy weighs every class alike")
+    if len(present) > 1 and present.max() >= IMBALANCE_RATIO * present.min():
+        line += f"; the validation set is imbalanced ({present.max()} vs {present.min()} images per class)"
+        if select_metric == "accuracy":
+            line += ": accuracy mostly rewards the large classes, --select-metric balanced_accuracy weighs every class alike"
+    return line
 
 
 def warn_if_at_chance(accelerator, metrics: dict, config: TrainConfig) -> None:
