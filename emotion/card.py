@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from emotion.errors import EmotionError
-from emotion.labels import CLASS_NAMES
+from emotion.config import PUBLISHED_AFFECTNET7_BEST, PUBLISHED_AFFECTNET8_BEST
 
 CARD = "README.md"
 # Hub names for the data sets a run can read; the synthetic set lives in this package, not on the Hub.
@@ -26,6 +26,9 @@ DATASET_TEXT = {
     "affectnet": "AffectNet (Mollahosseini et al. 2017), manually annotated images, 8 classes, face boxes cropped.",
     "affectnet_plus": "AffectNet+ (arXiv 2410.22506), human-annotated split with soft labels.",
     "imagefolder": "a folder-per-class data set (such as FER2013, RAF-DB, CK+, ExpW exports).",
+    "ferplus": "FER+ (Barsoum et al. 2016): the FER2013 faces relabelled by 10 annotators each.",
+    "rafdb": "RAF-DB basic (Li et al. 2017), its published train / test partition.",
+    "fer2013": "FER2013 (Kaggle, 2013), 48 x 48 grey faces from fer2013.csv.",
 }
 LIMITS = """\
 - A classifier of **facial expressions**, not of emotions: a smile is not happiness and a neutral face is not calm.
@@ -69,7 +72,7 @@ def write_model_card(model_dir: Path, command: str | None = None, run_config: di
     run = run_config if run_config is not None else read_json(model_dir.parent / "config.json")
     dataset = metrics.get("dataset") or run.get("dataset") or "unknown"
     command = command or training_command(model_dir) or "unknown (the model was saved outside `train_accelerate.py`)"
-    classes = model_config.get("class_names", list(CLASS_NAMES))
+    classes = model_config["class_names"]
 
     results = []
     if "val_accuracy" in metrics:
@@ -135,10 +138,13 @@ def _body(model_config: dict, metrics: dict, dataset: str, classes: list[str], c
         ]
         if baseline is not None:
             gap = accuracy - baseline
-            lines.append(f"Gap to the baseline ({baseline:.2f}%, the best published supervised AffectNet-8 validation "
-                         f"accuracy, DDAMFN): **{gap:+.2f} points**.")
+            protocol = f"AffectNet-{len(classes)}"
+            what = {PUBLISHED_AFFECTNET8_BEST: "the best published supervised AffectNet-8 validation accuracy, DDAMFN",
+                    PUBLISHED_AFFECTNET7_BEST: "the best published AffectNet-7 validation accuracy, QCS"}.get(
+                        baseline, "given with --baseline-accuracy")
+            lines.append(f"Gap to the baseline ({baseline:.2f}%, {what}): **{gap:+.2f} points**.")
             if dataset != "affectnet":
-                lines.append(f"This model was validated on `{dataset}`, not AffectNet-8, so the gap compares different "
+                lines.append(f"This model was validated on `{dataset}`, not {protocol}, so the gap compares different "
                              "data and is not a claim about AffectNet.")
     else:
         lines.append("No metrics.json beside the weights: no measured results to report.")

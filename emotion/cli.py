@@ -75,6 +75,9 @@ def eval_parser() -> argparse.ArgumentParser:
     add_number(parser, "--num-workers", Range(0, 256), None, "DataLoader workers (0 = the main process; default: the run's)")
     parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation: average with the mirrored image")
     parser.add_argument("--save-predictions", action="store_true", help="also write predictions.csv (id, true, predicted, probabilities)")
+    parser.add_argument("--detect-faces", type=parse_bool, default=None, metavar="BOOL",
+                        help="crop the largest face of each photo of a folder set (imagefolder, rafdb) as training "
+                             "with --detect-faces did (default: what the run used)")
     return parser
 
 
@@ -88,6 +91,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         split="validation" if args.split == "val" else args.split,
         output_dir=Path(args.output_dir) if args.output_dir else None, batch_size=args.batch_size,
         num_workers=args.num_workers, tta=None if args.tta == "none" else args.tta, save_predictions=args.save_predictions,
+        detect_faces=args.detect_faces,
     )
     return 0
 

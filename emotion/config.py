@@ -9,16 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from emotion.errors import EmotionError
+from emotion.labels import label_order
 
 # Supervised AffectNet-8 validation accuracy of DDAMFN (best row of the published table in DATASETS.md).
 PUBLISHED_AFFECTNET8_BEST = 64.25
+# AffectNet-7 (3,500 validation images): QCS, arXiv 2411.01988 (best row of the published AffectNet-7 figures).
+PUBLISHED_AFFECTNET7_BEST = 67.94
 
-DATASETS = ("synthetic", "imagefolder", "affectnet", "affectnet_plus", "ferplus")
+DATASETS = ("synthetic", "imagefolder", "affectnet", "affectnet_plus", "ferplus", "rafdb", "fer2013")
 LABEL_MODES = ("majority", "soft")
 # Keys that define a run: resuming with any of them changed would silently train a different model.
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "backbone_width", "image_size",
                      "output_stride", "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps",
-                     "seed", "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight")
+                     "seed", "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight",
+                     "classes", "label_order", "rafdb_images", "detect_faces", "select_metric")
 OUTPUT_STRIDES = (8, 16, 32)  # what timm's dilated backbones accept
 SEED_MAX = 2**32 - 1  # numpy's seed range
 
@@ -58,6 +62,10 @@ class Range:
 
 def number(low: float, high: float, **open_ends: bool) -> Range:
     return Range(low, high, float, **open_ends)
+CLASS_COUNTS = (8, 7)
+SELECT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+RAFDB_IMAGES = ("aligned", "original")
+DETECT_FACES_DATASETS = ("imagefolder", "rafdb")
 
 
 @dataclass
@@ -75,8 +83,16 @@ class TrainConfig:
     soft_labels: bool = field(default=False, metadata={"help": "affectnet_plus: train against the soft-label distribution (class-weighted soft-target CE)"})
     label_mode: str = field(default="majority", metadata={"help": "ferplus: majority (the paper's majority vote; no-majority, "
                                                         "unknown and not-a-face faces excluded) | soft (train on the vote distribution)"})
-    subset: str = field(default="all", metadata={"help": "affectnet_plus: easy | challenging | difficult | all (needs a release that marks subsets)"})
-    face_margin: float = field(default=0.2, metadata={"help": "affectnet: face box grown by this fraction of its side on each side before cropping"})
+    subset: str = field(default="all", metadata={"help": "affectnet_plus: train on easy | challenging | difficult | all (needs a "
+                                                  "release that marks subsets); validation always keeps the full set"})
+    classes: int = field(default=8, metadata={"help": "8 (AffectNet-8) | 7 (AffectNet-7: contempt dropped from every split, 7 outputs)"})
+    label_order: str | None = field(default=None, metadata={"help": "imagefolder with bare-number class folders: whose numbering "
+                                                             "they use: affectnet | rafdb | fer2013 | a comma list of class names numbered from 0"})
+    rafdb_images: str = field(default="aligned", metadata={"help": "rafdb: aligned (Image/aligned, 100 x 100 face crops) | "
+                                                          "original (Image/original, full photos)"})
+    detect_faces: bool = field(default=False, metadata={"help": "imagefolder, rafdb: crop the largest face of each photo (the demo's "
+                                                         "face detector, grown by --face-margin); photos without a face are skipped as no_face"})
+    face_margin: float = field(default=0.2, metadata={"help": "affectnet, --detect-faces: face box grown by this fraction of its side on each side before cropping"})
     val_fraction: float = field(default=0.1, metadata={"help": "imagefolder without a val folder: share of each class held out (seeded, stratified)"})
     drop_unknown_classes: bool = field(default=False, metadata={"help": "imagefolder: skip class folders that map to none of the 8 classes instead of failing"})
     num_proc: int | None = field(default=None, metadata={"help": "processes decoding images while preparing a real data set's cache (default: all CPU cores)"})
@@ -105,7 +121,7 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     grad_accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear learning-rate warm-up from lr/10"})
-    lr_patience: int = field(default=5, metadata={"help": "ReduceLROnPlateau patience (epochs without val accuracy gain)"})
+    lr_patience: int = field(default=5, metadata={"help": "ReduceLROnPlateau patience (epochs without a gain of --select-metric)"})
     lr_factor: float = field(default=0.5, metadata={"help": "ReduceLROnPlateau factor"})
     seed: int = field(default=42, metadata={"help": "training seed: initialisation, data order, augmentation, dropout "
                                              "(the data itself is drawn by --data-seed)"})
@@ -125,7 +141,11 @@ class TrainConfig:
     max_bad_steps: int = field(default=10, metadata={"help": "with --nan-policy skip: give up after this many bad steps (0 = at the first)"})
     # tracking
     report_to: str = field(default="none", metadata={"help": "trackers: wandb | tensorboard | all | none"})
-    baseline_accuracy: float = field(default=PUBLISHED_AFFECTNET8_BEST, metadata={"help": "reference accuracy in %% logged beside ours"})
+    select_metric: str = field(default="accuracy", metadata={"help": "validation metric that picks the best model and drives the "
+                                                            "plateau scheduler: accuracy (the AffectNet protocol) | balanced_accuracy | macro_f1"})
+    baseline_accuracy: float | None = field(default=None, metadata={"help": "reference accuracy in %% logged beside ours (default: the "
+                                                                     f"published AffectNet-8 figure {PUBLISHED_AFFECTNET8_BEST}, or "
+                                                                     f"AffectNet-7 {PUBLISHED_AFFECTNET7_BEST} with --classes 7)"})
     preset: str | None = field(default=None, metadata={"help": "tiny | cpu | b4 (explicit flags override it)"})
 
     def resolved_output_dir(self) -> Path:
@@ -141,6 +161,12 @@ class TrainConfig:
     def run_differences(self, saved: dict[str, Any]) -> list[str]:
         """Run-defining keys on which a saved run config differs from this one ('key: old -> new')."""
         return [f"{k}: {saved[k]!r} -> {getattr(self, k)!r}" for k in RUN_DEFINING_KEYS if k in saved and saved[k] != getattr(self, k)]
+
+    def resolved_baseline(self) -> float:
+        """The published figure our validation accuracy is compared with: the table of the class count trained."""
+        if self.baseline_accuracy is not None:
+            return self.baseline_accuracy
+        return PUBLISHED_AFFECTNET7_BEST if self.classes == 7 else PUBLISHED_AFFECTNET8_BEST
 
     def trains_on_soft_labels(self) -> bool:
         return self.soft_labels or (self.dataset == "ferplus" and self.label_mode == "soft")
@@ -241,7 +267,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif f.type in ("bool", "bool | None"):
             parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL", help=help_text)
         else:
-            kind = valid or {"int": int, "int | None": int, "float": float}.get(f.type, str)
+            kind = valid or {"int": int, "int | None": int, "float": float, "float | None": float}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False,
                         help="train the backbone from scratch (no hub download)")
@@ -298,6 +324,25 @@ def validate(config: TrainConfig) -> None:
         raise EmotionError(f"unknown --subset {config.subset!r}: choose easy, challenging, difficult or all")
     if config.overwrite and config.resume:
         raise EmotionError("--overwrite starts the run again and --resume continues it: pass one of them")
+    if config.classes not in CLASS_COUNTS:
+        raise EmotionError(f"--classes {config.classes} is not supported: choose 8 (AffectNet-8) or 7 (AffectNet-7, no contempt)")
+    if config.label_order is not None:
+        if config.dataset != "imagefolder":
+            raise EmotionError(f"--label-order needs --dataset imagefolder (got {config.dataset}): drop --label-order")
+        try:
+            label_order(config.label_order)
+        except ValueError as err:
+            raise EmotionError(f"--label-order {config.label_order!r}: {err}; use affectnet, rafdb, fer2013 or a comma "
+                               "list of class names numbered from 0") from None
+    if config.rafdb_images not in RAFDB_IMAGES:
+        raise EmotionError(f"unknown --rafdb-images {config.rafdb_images!r}: choose aligned or original")
+    if config.rafdb_images != "aligned" and config.dataset != "rafdb":
+        raise EmotionError(f"--rafdb-images needs --dataset rafdb (got {config.dataset}): drop --rafdb-images")
+    if config.detect_faces and config.dataset not in DETECT_FACES_DATASETS:
+        raise EmotionError(f"--detect-faces needs a set of photos (--dataset {' or '.join(DETECT_FACES_DATASETS)}), not "
+                           f"{config.dataset}: drop --detect-faces")
+    if config.select_metric not in SELECT_METRICS:
+        raise EmotionError(f"unknown --select-metric {config.select_metric!r}: choose {', '.join(SELECT_METRICS)}")
     if config.nan_policy not in ("stop", "skip"):
         raise EmotionError(f"unknown --nan-policy {config.nan_policy!r}: choose stop or skip")
     if config.report_to not in ("wandb", "tensorboard", "all", "none"):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from emotion.errors import EmotionError
-from emotion.labels import CLASS_NAMES, CLASS_TO_ID, NUM_CLASSES
+from emotion.labels import CLASS_TO_ID
 from emotion.metrics import EXPRESSION_METRICS
 
 
@@ -24,7 +24,7 @@ from emotion.metrics import EXPRESSION_METRICS
 class Predictions:
     indices: np.ndarray  # row index of each sample in its split
     labels: np.ndarray
-    probabilities: np.ndarray  # (N, NUM_CLASSES)
+    probabilities: np.ndarray  # (N, number of classes of the model)
     loss: float  # mean cross-entropy (unweighted)
     neutral_attention: np.ndarray | None = None  # mean spatial attention (H, W) over the faces labelled neutral
     attention_entropy: float = float("nan")  # mean entropy of the attention maps / log(H*W): 1 = uniform, 0 = one cell
@@ -61,7 +61,7 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
         neutral_count += int(is_neutral.sum())
     if not indices:
         empty = np.zeros(0, dtype=np.int64)
-        return Predictions(empty, empty, np.zeros((0, NUM_CLASSES)), float("nan"))
+        return Predictions(empty, empty, np.zeros((0, accelerator.unwrap_model(model).config["num_classes"])), float("nan"))
     return Predictions(
         indices=torch.cat(indices).numpy(),
         labels=torch.cat(labels).numpy(),
@@ -84,13 +84,13 @@ def attention_statistics(attention: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return entropy, torch.isin(peak, corner_cells)
 
 
-def compute_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """Metrics through the packaged `evaluate` module, reshaped with class names."""
+def compute_metrics(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Metrics through the packaged `evaluate` module, reshaped with the class names of the model (or its data)."""
     metric = evaluate.load(str(EXPRESSION_METRICS))
-    raw = metric.compute(predictions=predicted.tolist(), references=labels.tolist(), num_classes=NUM_CLASSES)
+    raw = metric.compute(predictions=predicted.tolist(), references=labels.tolist(), num_classes=len(class_names))
     per_class = {
         name: {"precision": raw["precision"][i], "recall": raw["recall"][i], "f1": raw["f1"][i], "support": raw["support"][i]}
-        for i, name in enumerate(CLASS_NAMES)
+        for i, name in enumerate(class_names)
     }
     return {
         "accuracy": raw["accuracy"],
@@ -108,7 +108,7 @@ def write_report(report: dict[str, Any], output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "report.md").write_text(report_markdown(report))
-    plot_confusion_matrix(np.asarray(report["confusion_matrix"]), output_dir / "confusion_matrix.png")
+    plot_confusion_matrix(np.asarray(report["confusion_matrix"]), output_dir / "confusion_matrix.png", list(report["per_class"]))
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -127,14 +127,15 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     for name, row in report["per_class"].items():
         lines.append(f"| {name} | {100 * row['precision']:.1f}% | {100 * row['recall']:.1f}% | {100 * row['f1']:.1f}% | {row['support']} |")
+    names = list(report["per_class"])
     lines += ["", "## Confusion matrix (rows = true class, columns = predicted)", "",
-              "| true \\ pred | " + " | ".join(CLASS_NAMES) + " |", "|---" * (NUM_CLASSES + 1) + "|"]
-    for name, row in zip(CLASS_NAMES, report["confusion_matrix"]):
+              "| true \\ pred | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for name, row in zip(names, report["confusion_matrix"]):
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_confusion_matrix(matrix: np.ndarray, path: Path) -> None:
+def plot_confusion_matrix(matrix: np.ndarray, path: Path, class_names: list[str]) -> None:
     """Counts and row-normalised recall side by side, class names on both axes."""
     import matplotlib
 
@@ -147,13 +148,13 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path) -> None:
     for ax, values, title, fmt in ((axes[0], matrix, "Counts", "d"), (axes[1], normalised, "Row-normalised (recall)", ".2f")):
         image = ax.imshow(values, cmap="Blues", vmin=0, vmax=values.max() if values.max() > 0 else 1)
         ax.set_title(title)
-        ax.set_xticks(range(NUM_CLASSES), CLASS_NAMES, rotation=45, ha="right")
-        ax.set_yticks(range(NUM_CLASSES), CLASS_NAMES)
+        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(len(class_names)), class_names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         threshold = values.max() / 2 if values.max() > 0 else 0.5
-        for i in range(NUM_CLASSES):
-            for j in range(NUM_CLASSES):
+        for i in range(len(class_names)):
+            for j in range(len(class_names)):
                 ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
                         color="white" if values[i, j] > threshold else "black")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -162,12 +163,12 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
-def write_predictions_csv(predictions: Predictions, ids: list[str], path: Path) -> None:
+def write_predictions_csv(predictions: Predictions, ids: list[str], path: Path, class_names: list[str]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "true", "predicted", *(f"p_{name}" for name in CLASS_NAMES)])
+        writer.writerow(["id", "true", "predicted", *(f"p_{name}" for name in class_names)])
         for sample_id, true, pred, probs in zip(ids, predictions.labels, predictions.predicted, predictions.probabilities):
-            writer.writerow([sample_id, CLASS_NAMES[true], CLASS_NAMES[pred], *(f"{p:.6f}" for p in probs)])
+            writer.writerow([sample_id, class_names[true], class_names[pred], *(f"{p:.6f}" for p in probs)])
 
 
 def run_config_for(model_dir: Path):
@@ -183,7 +184,8 @@ def run_config_for(model_dir: Path):
 
 def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: str | None = None, split: str = "validation",
                          output_dir: Path | None = None, batch_size: int = 64, num_workers: int | None = None,
-                         tta: str | None = None, save_predictions: bool = False) -> dict[str, Any]:
+                         tta: str | None = None, save_predictions: bool = False,
+                         detect_faces: bool | None = None) -> dict[str, Any]:
     """Evaluate a saved model on a split of its data set (or another) and write the report files."""
     from emotion.config import validate
     from emotion.data import build_dataloader, build_transform, load_splits
@@ -195,10 +197,16 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
     if dataset is not None and dataset != config.dataset:
         config.dataset, config.data_dir = dataset, data_dir
         # Label options belong to the run's data set; another set is read with its defaults.
-        config.soft_labels, config.label_mode = False, "majority"
+        config.soft_labels, config.label_mode, config.subset = False, "majority", "all"
+        config.label_order, config.rafdb_images, config.detect_faces = None, "aligned", False
     elif data_dir is not None:
         config.data_dir = data_dir
+    if detect_faces is not None:
+        config.detect_faces = detect_faces
     config.image_size = model.image_size
+    # The classes the model was trained on decide which rows count (a 7-class model is scored without contempt).
+    class_names = model.config["class_names"]
+    config.classes = len(class_names)
     validate(config)
     accelerator = make_accelerator()
     with accelerator.main_process_first():
@@ -212,7 +220,7 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
                               train=False, num_workers=config.num_workers if num_workers is None else num_workers)
     model, loader = accelerator.prepare(model, loader)
     predictions = predict(model, loader, accelerator, tta=tta)
-    report = compute_metrics(predictions.labels, predictions.predicted)
+    report = compute_metrics(predictions.labels, predictions.predicted, class_names)
     report.update(model=str(model_dir), dataset=config.dataset, data_dir=config.data_dir, split=split, tta=tta or "none",
                   loss=predictions.loss, attention_entropy=predictions.attention_entropy,
                   attention_corner_share=predictions.corner_share,
@@ -223,7 +231,7 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
         write_report(report, output_dir)
         if save_predictions:
             ids = data["id"] if "id" in data.column_names else [str(i) for i in range(len(data))]
-            write_predictions_csv(predictions, [ids[i] for i in predictions.indices], output_dir / "predictions.csv")
+            write_predictions_csv(predictions, [ids[i] for i in predictions.indices], output_dir / "predictions.csv", class_names)
         accelerator.print(report_markdown(report))
         accelerator.print(f"report written to {output_dir}")
     return report

@@ -136,18 +136,19 @@ def top_region(weights: dict[str, float]) -> str:
 
 
 def explain(probabilities: Sequence[float], attention: np.ndarray, min_confidence: float = MIN_CONFIDENCE,
-            support_lift: float = SUPPORT_LIFT, baseline: dict[str, float] | None = None) -> Explanation:
+            support_lift: float = SUPPORT_LIFT, baseline: dict[str, float] | None = None,
+            class_names: Sequence[str] = CLASS_NAMES) -> Explanation:
     """The phrase and the region weights behind it, for one face's class probabilities and attention map.
 
     `baseline`: region weights of the model's neutral-face attention (`baseline_weights`); lifts are then
-    relative to it. Only actions of the predicted class whose region the attention favours (lift >= support_lift) are named,
+    relative to it. `class_names`: the model's classes (its config.json), in the order of `probabilities`. Only actions of the predicted class whose region the attention favours (lift >= support_lift) are named,
     strongest first; when none is, or the confidence is below min_confidence, the phrase says so.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    if probabilities.shape != (NUM_CLASSES,):
-        raise ValueError(f"expected {NUM_CLASSES} probabilities, got shape {probabilities.shape}")
+    if probabilities.shape != (len(class_names),):
+        raise ValueError(f"expected {len(class_names)} probabilities, got shape {probabilities.shape}")
     index = int(probabilities.argmax())
-    label, confidence = CLASS_NAMES[index], float(probabilities[index])
+    label, confidence = class_names[index], float(probabilities[index])
     weights = region_weights(attention, baseline)
     top = top_region(weights)
     title = label.capitalize()

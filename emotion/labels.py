@@ -4,6 +4,16 @@ from __future__ import annotations
 CLASS_NAMES: tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 NUM_CLASSES = len(CLASS_NAMES)
 CLASS_TO_ID: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
+# AffectNet-7: contempt (the last id) dropped, so the ids of the other seven stay the same.
+CLASS_NAMES_7: tuple[str, ...] = CLASS_NAMES[:7]
+CLASS_LISTS: dict[int, tuple[str, ...]] = {8: CLASS_NAMES, 7: CLASS_NAMES_7}
+
+# How data sets number their classes (number -> class name): their own order, not the canonical one.
+LABEL_ORDERS: dict[str, dict[int, str]] = {
+    "affectnet": dict(enumerate(CLASS_NAMES)),
+    "rafdb": {1: "surprise", 2: "fear", 3: "disgust", 4: "happy", 5: "sad", 6: "anger", 7: "neutral"},
+    "fer2013": {0: "anger", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral"},
+}
 
 # Spellings used by public data sets (FER2013, RAF-DB, CK+, ExpW, AffectNet exports).
 ALIASES: dict[str, str] = {
@@ -28,6 +38,20 @@ def canonical_label(name: str) -> int | None:
     key = name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
     key = ALIASES.get(key, key)
     return CLASS_TO_ID.get(key)
+
+
+def label_order(spec: str) -> dict[int, int]:
+    """Number -> canonical id for a set's numbering (affectnet, rafdb, fer2013) or a comma list of class names
+    numbered from 0; ValueError naming the entry that maps to no class."""
+    if spec.strip().lower() in LABEL_ORDERS:
+        return {number: CLASS_TO_ID[name] for number, name in LABEL_ORDERS[spec.strip().lower()].items()}
+    order = {}
+    for number, name in enumerate(spec.split(",")):
+        label = canonical_label(name)
+        if label is None:
+            raise ValueError(f"{name.strip()!r} is none of {', '.join(CLASS_NAMES)}")
+        order[number] = label
+    return order
 
 # Facial-action (FACS action unit) prototype of each class, as the explanation reads it.
 # Contempt's AU12 / AU14 are one-sided; neutral shows no action.

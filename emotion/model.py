@@ -13,7 +13,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from emotion.errors import EmotionError
-from emotion.labels import CLASS_NAMES
+from emotion.labels import CLASS_LISTS, CLASS_NAMES
 
 
 class ChannelAttention(nn.Module):
@@ -161,8 +161,9 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
 
 def build_model(config) -> EmotionNet:
     """The model a TrainConfig describes, with pretrained backbone weights when the config asks for them."""
+    class_names = CLASS_LISTS[config.classes]
     model = EmotionNet(
-        backbone=config.backbone, image_size=config.image_size, output_stride=config.output_stride,
+        backbone=config.backbone, num_classes=len(class_names), class_names=class_names, image_size=config.image_size, output_stride=config.output_stride,
         proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden, lstm_layers=config.lstm_layers,
         dropout=config.dropout, attention=config.attention, aux_head=config.aux_loss_weight > 0,
         backbone_width=config.backbone_width, face_margin=config.face_margin,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
-from emotion.labels import CLASS_NAMES, FACE_REGIONS, NUM_CLASSES
+from emotion.labels import CLASS_LISTS, CLASS_NAMES, FACE_REGIONS, NUM_CLASSES
 
 if TYPE_CHECKING:  # imported lazily: rendering faces does not need `datasets`
     import datasets
@@ -547,24 +547,25 @@ def _source_hash() -> str:
     return hashlib.sha256(data + str(GENERATOR_VERSION).encode()).hexdigest()[:10]
 
 
-def _features() -> "datasets.Features":
+def _features(classes: int = NUM_CLASSES) -> "datasets.Features":
     import datasets
 
     return datasets.Features({
         "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+        "label": datasets.ClassLabel(names=list(CLASS_LISTS[classes])),
         "regions": datasets.Sequence(datasets.Value("string")),
         "intensity": datasets.Value("float32"),
         "id": datasets.Value("string"),
     })
 
 
-def _generate(shards: list[tuple[int, int]], split: str, image_size: int, seed: int, id_width: int):
+def _generate(shards: list[tuple[int, int]], split: str, image_size: int, seed: int, id_width: int,
+              classes: int = NUM_CLASSES):
     """Yield the samples of ``shards`` (index ranges); each sample depends on (seed, split, index) only."""
     split_id = SPLIT_IDS[split]
     for start, stop in shards:
         for i in range(start, stop):
-            label = i % NUM_CLASSES
+            label = i % classes
             image, regions, intensity = render_face(label, np.random.default_rng([seed, split_id, i]), image_size)
             ok, png = cv2.imencode(".png", image[:, :, ::-1])
             if not ok:  # pragma: no cover
@@ -587,12 +588,12 @@ def _shards(n: int) -> list[tuple[int, int]]:
 
 def load_synthetic(num_train: int, num_val: int, image_size: int = 96, seed: int = 0,
                    cache_dir: str | os.PathLike | None = None,
-                   num_proc: int | None = None) -> "datasets.DatasetDict":
+                   num_proc: int | None = None, classes: int = NUM_CLASSES) -> "datasets.DatasetDict":
     """DatasetDict with 'train' and 'validation' splits of synthetic faces, cached as Arrow.
 
     Features: image (PNG via ``datasets.Image``), label (``ClassLabel(names=CLASS_NAMES)``), regions
     (the facial regions the expression changed), intensity (float32, 0 for neutral) and id
-    ('synthetic/train/000123'). Labels are balanced: sample i has label ``i % 8``. The cache lives
+    ('synthetic/train/000123'). Labels are balanced: sample i has label ``i % classes`` (8, or 7 without contempt). The cache lives
     under ``cache_dir`` (default ``~/.cache/emotion/synthetic``) in a folder keyed by every argument
     that changes the data and by the generator's source: the same call reuses it, any other builds
     its own. ``num_proc`` only parallelises the build; the images do not depend on it.
@@ -605,8 +606,9 @@ def load_synthetic(num_train: int, num_val: int, image_size: int = 96, seed: int
         raise ValueError(f"seed must be >= 0, got {seed}")
     root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
     code = _source_hash()
-    key = f"synthetic_px{image_size}_seed{seed}_train{num_train}_val{num_val}_{code}"
-    features = _features()
+    key = f"synthetic_px{image_size}_seed{seed}_train{num_train}_val{num_val}" + \
+        ("" if classes == NUM_CLASSES else f"_classes{classes}") + f"_{code}"
+    features = _features(classes)
     splits = {}
     for split, n in (("train", num_train), ("validation", num_val)):
         if n == 0:
@@ -620,7 +622,7 @@ def load_synthetic(num_train: int, num_val: int, image_size: int = 96, seed: int
             features=features,
             cache_dir=str(root / key),
             gen_kwargs={"shards": shards, "split": split, "image_size": int(image_size), "seed": int(seed),
-                        "id_width": max(6, len(str(n - 1)))},
+                        "id_width": max(6, len(str(n - 1))), "classes": classes},
             num_proc=nproc if nproc > 1 else None,
             split=datasets.NamedSplit(split),
             fingerprint=fingerprint,

@@ -27,7 +27,6 @@ from emotion.config import TrainConfig
 from emotion.data import build_dataloader, build_transform, class_counts, class_weights, load_splits
 from emotion.errors import EmotionError
 from emotion.evaluation import compute_metrics, predict
-from emotion.labels import CLASS_NAMES
 from emotion.losses import build_criterion
 from emotion.model import build_model, speed_up
 from emotion.runtime import make_accelerator, share_cpu_cores
@@ -36,6 +35,8 @@ NAN_EXIT_CODE = 3
 # After this many epochs a run whose balanced accuracy is below STALL_MARGIN x chance gets a one-line warning.
 STALL_CHECK_EPOCH = 2
 STALL_MARGIN = 1.25
+# A validation set whose largest class has this many times the images of its smallest is called imbalanced.
+IMBALANCE_RATIO = 3.0
 
 
 class TrainingDiverged(EmotionError):
@@ -99,10 +100,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                     config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
     val_loader = build_dataloader(splits["validation"], build_transform(config.image_size, model.mean, model.std, train=False),
                                   config.batch_size, train=False, num_workers=config.num_workers, seed=config.seed)
+    class_names = splits["train"].features["label"].names
     counts = class_counts(splits["train"])
     weights = class_weights(counts, config.class_weights)
-    accelerator.print("train counts: " + ", ".join(f"{n}={c}" for n, c in zip(CLASS_NAMES, counts)))
-    accelerator.print(f"class weights ({config.class_weights}): " + ", ".join(f"{n}={w:.3f}" for n, w in zip(CLASS_NAMES, weights)))
+    accelerator.print("train counts: " + ", ".join(f"{n}={c}" for n, c in zip(class_names, counts)))
+    accelerator.print(f"class weights ({config.class_weights}): " + ", ".join(f"{n}={w:.3f}" for n, w in zip(class_names, weights)))
+    accelerator.print(selection_line(class_counts(splits["validation"]), config.select_metric))
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=accelerator.device.type == "cuda")  # one kernel for all parameters
@@ -115,7 +118,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     # Everything the loop needs beyond Accelerate's own state; saved as trainer_state.json in each checkpoint.
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_complete": False,
-                             "best_accuracy": -1.0, "bad_steps": 0, "epoch_loss_sum": 0.0, "epoch_loss_steps": 0,
+                             "best_score": -1.0, "bad_steps": 0, "epoch_loss_sum": 0.0, "epoch_loss_steps": 0,
                              "epoch_correct": 0.0, "epoch_seen": 0.0,
                              "history": [], "run_id": uuid.uuid4().hex[:8], "config": config.to_dict()}
     if accelerator.is_main_process:
@@ -128,6 +131,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             accelerator.print(f"no complete checkpoint in {output_dir} yet: starting a new run")
         else:
             loaded, resumed_from = found
+            if "best_accuracy" in loaded:  # written before --select-metric, when the score was the accuracy
+                loaded["best_score"] = loaded.pop("best_accuracy")
             state = {**state, **loaded}  # keys added since that checkpoint was written start at their defaults
             state["config"] = config.to_dict()
             accelerator.print(f"resumed from {resumed_from} (epoch {state['epoch'] + 1}, optimizer step {state['global_step']})")
@@ -153,9 +158,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
             train_loss, images, seconds = train_one_epoch(accelerator, model, optimizer, criterion, train_loader, config,
                                                           state, stop, skip_steps, steps_per_epoch, output_dir, resumed_from)
             predictions = predict(model, val_loader, accelerator)
-            metrics = compute_metrics(predictions.labels, predictions.predicted)
+            metrics = compute_metrics(predictions.labels, predictions.predicted, class_names)
             epoch_lr = optimizer.param_groups[0]["lr"]  # the lr this epoch trained with, before the scheduler moves it
-            scheduler.step(metrics["accuracy"])
+            scheduler.step(metrics[config.select_metric])
             record = {
                 "epoch": epoch + 1, "global_step": state["global_step"], "train_loss": train_loss,
                 "train_accuracy": state["epoch_correct"] / max(state["epoch_seen"], 1.0),
@@ -173,8 +178,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                               f"attn_entropy {predictions.attention_entropy:.2f} ({record['train_images_per_second']:.0f} img/s)")
             if epoch + 1 == STALL_CHECK_EPOCH:
                 warn_if_at_chance(accelerator, metrics, config)
-            if metrics["accuracy"] > state["best_accuracy"]:
-                state["best_accuracy"] = metrics["accuracy"]
+            if metrics[config.select_metric] > state["best_score"]:
+                state["best_score"] = metrics[config.select_metric]
                 save_best_model(accelerator, model, output_dir, config, record, metrics, predictions.neutral_attention)
             state.update(step_in_epoch=steps_per_epoch, epoch_complete=True)
             write_metrics(accelerator, output_dir, state["history"])
@@ -182,7 +187,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if accelerator.is_main_process:
                 checkpoint.prune_checkpoints(output_dir, config.keep_checkpoints, protect=resumed_from)
         if predictions is not None:
-            tracking.log_final(accelerator, predictions)
+            tracking.log_final(accelerator, predictions, class_names)
     except Interrupted as interrupt:
         checkpoint.save_checkpoint(accelerator, output_dir, checkpoint.INTERRUPTED, state)
         accelerator.print(f"saved {output_dir / checkpoint.INTERRUPTED}; resume with:\n  {resume_command(config)}")
@@ -191,11 +196,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     finally:
         stop.uninstall()
     accelerator.end_training()
-    summary = {"best_val_accuracy": state["best_accuracy"], "epochs": len(state["history"]), "output_dir": str(output_dir),
-               "final": state["history"][-1] if state["history"] else None}
+    summary = {"select_metric": config.select_metric, "best_score": state["best_score"], "epochs": len(state["history"]),
+               "output_dir": str(output_dir), "final": state["history"][-1] if state["history"] else None}
     if state["history"]:
         accelerator.print(f"final validation accuracy: {100 * state['history'][-1]['val_accuracy']:.2f}% "
-                          f"(best {100 * state['best_accuracy']:.2f}%); best model in {output_dir / 'best_model'}")
+                          f"(best {config.select_metric} {100 * state['best_score']:.2f}%); best model in {output_dir / 'best_model'}")
     return summary
 
 
@@ -321,6 +326,18 @@ def undo_bad_step(accelerator, running_stats: list[torch.Tensor], good_stats: li
         accelerator.scaler.update()
 
 
+def selection_line(counts: np.ndarray, select_metric: str) -> str:
+    """The start-up line saying what picks the best model; on an imbalanced validation set it says so too, and with
+    plain accuracy it suggests balanced accuracy."""
+    line = f"model selection: validation {select_metric} picks the best model and drives the lr schedule"
+    present = counts[counts > 0]
+    if len(present) > 1 and present.max() >= IMBALANCE_RATIO * present.min():
+        line += f"; the validation set is imbalanced ({present.max()} vs {present.min()} images per class)"
+        if select_metric == "accuracy":
+            line += ": accuracy mostly rewards the large classes, --select-metric balanced_accuracy weighs every class alike"
+    return line
+
+
 def warn_if_at_chance(accelerator, metrics: dict, config: TrainConfig) -> None:
     """One line when validation is still at chance: the run keeps training, the user learns early what to change."""
     present = sum(1 for row in metrics["per_class"].values() if row["support"] > 0)
@@ -349,7 +366,8 @@ def save_best_model(accelerator, model, output_dir: Path, config: TrainConfig, r
             checkpoint.write_json_atomic(folder / "metrics.json", {"epoch": record["epoch"], "val_accuracy": metrics["accuracy"],
                                                                    "val_balanced_accuracy": metrics["balanced_accuracy"],
                                                                    "val_macro_f1": metrics["macro_f1"], "dataset": config.dataset,
-                                                                   "baseline_accuracy": config.baseline_accuracy})
+                                                                   "select_metric": config.select_metric,
+                                                                   "baseline_accuracy": config.resolved_baseline()})
             card.write_model_card(folder, card.current_command(), config.to_dict())
 
         checkpoint.write_directory(output_dir / checkpoint.BEST_MODEL, write)

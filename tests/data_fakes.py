@@ -102,8 +102,10 @@ def write_csv(path: Path, header: list[str] | None, rows: list[list]) -> None:
 
 
 def make_affectnet_plus(root: Path, hard_key: str = "human-label", soft_key: str = "soft-label",
-                        subset_key: str | None = "subset", seed: int = 0) -> Path:
-    """human_annotated/{train_set,validation_set}/{images,annotations}; soft labels peaked on the hard label."""
+                        subset_key: str | None = "subset", subset_names: bool = False, seed: int = 0) -> Path:
+    """human_annotated/{train_set,validation_set}/{images,annotations}; soft labels peaked on the hard label. As
+    released: subset codes 0 easy / 1 challenging / 2 difficult (names with `subset_names`), and `meta-data` with
+    valence and arousal (image i: valence i / 100, arousal -i / 100; image 5 has no arousal)."""
     rng = np.random.default_rng(seed)
     subsets = ("easy", "challenging", "difficult")
     for split, n in (("train_set", 24), ("validation_set", 8)):
@@ -113,9 +115,10 @@ def make_affectnet_plus(root: Path, hard_key: str = "human-label", soft_key: str
             save(picture(rng, 32, 32), folder / "images" / f"{i}.jpg")
             soft = rng.random(8) * 0.2
             soft[label] += 1.0
-            data = {hard_key: label, soft_key: [float(p) for p in soft * 3]}  # unnormalised on purpose
+            data = {hard_key: label, soft_key: [float(p) for p in soft * 3],  # unnormalised on purpose
+                    "meta-data": {"age": 30, "valence": i / 100, **({"arousal": -i / 100} if i != 5 else {})}}
             if subset_key:
-                data[subset_key] = subsets[i % 3]
+                data[subset_key] = subsets[i % 3] if subset_names else i % 3
             (folder / "annotations").mkdir(parents=True, exist_ok=True)
             (folder / "annotations" / f"{i}.json").write_text(json.dumps(data))
     train = root / "human_annotated" / "train_set"
@@ -185,3 +188,70 @@ def make_ferplus(root: Path, seed: int = 0) -> tuple[Path, dict]:
             number += 2
         write_csv(root / folder / "label.csv", None, csv_rows)
     return root, expected
+
+
+def make_numbered_folders(root: Path, names: list[str], per_class: int = 2, seed: int = 0) -> Path:
+    """root/train/<name>/*.png for each folder name given (numbered names, bare numbers, ...)."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        for i in range(per_class):
+            save(picture(rng, 40, 40), root / "train" / name / f"{i}.png")
+    return root
+
+
+RAFDB_NAMES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happy", 5: "sad", 6: "anger", 7: "neutral"}
+
+
+def make_rafdb(root: Path, seed: int = 0) -> Path:
+    """RAF-DB basic: EmoLabel/list_patition_label.txt + Image/aligned/*_aligned.jpg and Image/original/*.jpg.
+
+    Train: 4 images of each RAF-DB label 1-7; test: 1 of each. Plus a label 9 line, a line with no label, and a
+    listed test image whose files are missing."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for split, n in (("train", 4), ("test", 1)):
+        for k in range(n):
+            for number in RAFDB_NAMES:
+                name = f"{split}_{len(lines) + 1:05d}.jpg"
+                save(picture(rng, 100, 100), root / "Image" / "aligned" / name.replace(".jpg", "_aligned.jpg"))
+                save(picture(rng, 120, 90), root / "Image" / "original" / name)
+                lines.append(f"{name} {number}")
+    lines += ["train_09998.jpg 9", "train_09999.jpg", "test_09999.jpg 4"]
+    (root / "EmoLabel").mkdir(parents=True, exist_ok=True)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+FER2013_NAMES = ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def make_fer2013(root: Path, seed: int = 0) -> Path:
+    """fer2013.csv: per FER2013 label 0-6, two Training rows, one PublicTest and one PrivateTest row (face i is
+    filled with grey value 10 * label); plus a row of 100 pixels, a label 7 row and an unknown Usage."""
+    rows = []
+    for usage, n in (("Training", 2), ("PublicTest", 1), ("PrivateTest", 1)):
+        for _ in range(n):
+            for label in range(7):
+                rows.append([label, " ".join([str(10 * label)] * 48 * 48), usage])
+    rows += [[3, " ".join(["5"] * 100), "Training"], [7, " ".join(["5"] * 2304), "Training"],
+             [3, " ".join(["5"] * 2304), "Elsewhere"]]
+    write_csv(root / "fer2013.csv", ["emotion", "pixels", "Usage"], rows)
+    return root
+
+
+def make_affectnet_npy(root: Path, seed: int = 0) -> Path:
+    """The per-image .npy release: {train_set,val_set}/images/<id>.jpg + annotations/<id>_{exp,val,aro}.npy, values
+    stored as strings as in the release. Train: 2 of each class 0-7 (valence id / 100, arousal 0.5), a code 8 and a
+    code 10, an unreadable _exp.npy, and id 3 without an _aro.npy; validation: 1 of each class."""
+    rng = np.random.default_rng(seed)
+    for folder, labels in (("train_set", list(range(8)) * 2 + [8, 10]), ("val_set", list(range(8)))):
+        for image_id, label in enumerate(labels):
+            save(picture(rng, 48, 48), root / folder / "images" / f"{image_id}.jpg")
+            notes = root / folder / "annotations"
+            notes.mkdir(parents=True, exist_ok=True)
+            np.save(notes / f"{image_id}_exp.npy", np.array(str(label)))
+            np.save(notes / f"{image_id}_val.npy", np.array(str(image_id / 100)))
+            if image_id != 3:
+                np.save(notes / f"{image_id}_aro.npy", np.array("0.5"))
+    (root / "train_set" / "annotations" / "99_exp.npy").write_bytes(b"not numpy")
+    return root

@@ -1,5 +1,5 @@
-"""AffectNet+: hard labels by default, soft labels summing to 1, key spellings, subsets, the soft-target loss, and
-train + eval end to end on the layout."""
+"""AffectNet+: hard labels by default, soft labels summing to 1, key spellings, subset codes filtering training only,
+meta-data valence and arousal, 7 classes, the soft-target loss, and train + eval end to end on the layout."""
 import json
 
 import numpy as np
@@ -12,6 +12,7 @@ from emotion.cli import eval_main, train_main
 from emotion.data import build_dataloader, build_transform, load_splits
 from emotion.data.prepare import cache_root
 from emotion.errors import EmotionError
+from emotion.labels import CLASS_NAMES_7
 from emotion.losses import build_criterion, soft_cross_entropy
 
 
@@ -27,6 +28,10 @@ def test_hard_and_soft_labels_and_report(release, tmp_path):
     soft = np.asarray(train["soft_label"])
     assert soft.shape == (24, 8) and np.allclose(soft.sum(axis=1), 1.0, atol=1e-6)
     assert (soft.argmax(axis=1) == np.asarray(train["label"])).all()
+    # meta-data valence and arousal kept as columns, NaN where a file has none (image 5 has no arousal).
+    ids = [int(i.split("/")[1]) for i in train["id"]]
+    assert np.allclose(train["valence"], [i / 100 for i in ids], atol=1e-6)
+    assert [i for i, a in zip(ids, train["arousal"]) if np.isnan(a)] == [5]
     [folder] = list(cache_root(str(tmp_path)).iterdir())
     report = json.loads((folder / "report.json").read_text())["splits"]["train"]
     assert {r: v["count"] for r, v in report["skipped"].items()} == {
@@ -38,9 +43,11 @@ def test_hard_and_soft_labels_and_report(release, tmp_path):
 
 
 def test_key_spellings_subsets_and_missing_keys(tmp_path):
-    variant = make_affectnet_plus(tmp_path / "v2", hard_key="human_label", soft_key="soft_label", subset_key="difficulty")
+    variant = make_affectnet_plus(tmp_path / "v2", hard_key="human_label", soft_key="soft_label", subset_key="difficulty",
+                                  subset_names=True)
     easy = load_splits(config("affectnet_plus", variant, tmp_path / "cache", subset="easy", soft_labels=True))
-    assert len(easy["train"]) == 8 and len(easy["validation"]) == 3  # every third image is 'easy'
+    # every third train image is 'easy'; validation stays the full set, the one the published figures use
+    assert len(easy["train"]) == 8 and len(easy["validation"]) == 8
     plain = make_affectnet_plus(tmp_path / "nosubset", subset_key=None)
     with pytest.raises(EmotionError, match="--subset easy: .* mark no subset"):
         load_splits(config("affectnet_plus", plain, tmp_path / "cache", subset="easy"))
@@ -49,6 +56,24 @@ def test_key_spellings_subsets_and_missing_keys(tmp_path):
         load_splits(config("affectnet_plus", unknown, tmp_path / "cache"))
     with pytest.raises(EmotionError, match="expected the AffectNet\\+ layout"):
         load_splits(config("affectnet_plus", tmp_path / "unknown" / "human_annotated" / "train_set", tmp_path / "cache"))
+
+
+def test_released_subset_codes_filter_training_only(release, tmp_path):
+    difficult = load_splits(config("affectnet_plus", release, tmp_path, subset="difficult"))
+    assert sorted(int(i.split("/")[1]) % 3 for i in difficult["train"]["id"]) == [2] * 8  # subset code 2 = difficult
+    assert len(difficult["validation"]) == 8  # the full validation set: the figure the published table compares
+
+
+def test_seven_classes_drop_contempt_and_renormalise_soft_labels(release, tmp_path):
+    splits = load_splits(config("affectnet_plus", release, tmp_path, classes=7))
+    assert splits["train"].features["label"].names == list(CLASS_NAMES_7)
+    assert [splits["train"]["label"].count(i) for i in range(7)] == [3] * 7 and len(splits["validation"]) == 7
+    soft = np.asarray(splits["train"]["soft_label"])
+    assert soft.shape == (21, 7) and np.allclose(soft.sum(axis=1), 1.0, atol=1e-6)
+    [folder] = list(cache_root(str(tmp_path)).iterdir())
+    report = json.loads((folder / "report.json").read_text())["splits"]
+    assert report["train"]["excluded"]["contempt"]["count"] == 3 and report["validation"]["excluded"]["contempt"]["count"] == 1
+    assert list(report["train"]["per_class"]) == list(CLASS_NAMES_7)
 
 
 def test_soft_target_loss_applies_class_weights():

@@ -1,4 +1,5 @@
-"""Folder-per-class sets: class names and aliases to canonical ids, split folders (test/ kept apart, validation held
+"""Folder-per-class sets: class names, aliases, numbered names and bare numbers (with --label-order) to canonical ids,
+--detect-faces crops, split folders (test/ kept apart, validation held
 out of train when there is no val/ folder) or a seeded stratified split, bad files counted in the report, the
 prepared cache reused and rebuilt."""
 import json
@@ -7,7 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_fakes import config, make_imagefolder, save, picture
+from PIL import Image
+
+from data_fakes import config, make_imagefolder, make_numbered_folders, picture, save
 from emotion.cli import prepare_main
 from emotion.data import load_splits
 from emotion.data.prepare import cache_root
@@ -125,3 +128,56 @@ def test_unusable_source_is_one_line_error_before_training(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and str(path) in err and expected in err
         assert "root/train/<class name>" in err and "root/test/<class name>" in err
+
+
+def test_numbered_class_folders_map_by_name_and_the_number_must_agree(tmp_path):
+    names = [f"{i}_{name}" for i, name in enumerate(CLASS_NAMES)]
+    root = make_numbered_folders(tmp_path / "numbered", names)
+    splits = load_splits(config("imagefolder", root, tmp_path / "cache"))
+    assert np.add(counts(splits["train"]), counts(splits["validation"])).tolist() == [2] * 8
+    assert all(f"/{row['label']}_{CLASS_NAMES[row['label']]}/" in row["path"] for row in splits["train"])
+    (root / "train" / "7_contempt").rename(root / "train" / "6_contempt")
+    with pytest.raises(EmotionError, match=r"6_contempt: number 6 is not the id of 'contempt' \(7.*rename it 7_contempt"):
+        load_splits(config("imagefolder", root, tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("order, expected", [
+    ("rafdb", {"1": "surprise", "4": "happy", "7": "neutral"}),
+    ("fer2013", {"0": "anger", "4": "sad", "6": "neutral"}),
+    ("affectnet", {"0": "neutral", "4": "fear", "7": "contempt"}),
+    ("sad, happy , angry", {"0": "sad", "1": "happy", "2": "anger"}),
+])
+def test_bare_number_folders_need_label_order(tmp_path, order, expected):
+    root = make_numbered_folders(tmp_path / "bare", list(expected), per_class=3)
+    with pytest.raises(EmotionError, match=r"class folder .* is a bare number: .*--label-order affectnet\|rafdb\|fer2013"):
+        load_splits(config("imagefolder", root, tmp_path / "cache"))
+    splits = load_splits(config("imagefolder", root, tmp_path / "cache", label_order=order))
+    for row in splits["train"]:
+        folder = row["path"].split("/")[-2]
+        assert CLASS_NAMES[row["label"]] == expected[folder]
+
+
+def test_label_order_refusals_name_the_value(capsys, tmp_path):
+    for flags, expected in ((["--label-order", "happy,glee"], "--label-order 'happy,glee': 'glee' is none of neutral"),
+                            (["--label-order", "rafdb", "--dataset", "affectnet"], "--label-order needs --dataset imagefolder")):
+        code = prepare_main(["--dataset", "imagefolder", "--data-dir", str(tmp_path), *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and expected in err
+
+
+def test_detect_faces_crops_the_largest_face_and_counts_photos_without_one(tmp_path):
+    from skimage import data
+
+    root = tmp_path / "photos"
+    save(Image.fromarray(data.astronaut()), root / "train" / "happy" / "astronaut.png")
+    save(Image.fromarray(np.full((200, 300, 3), 128, np.uint8)), root / "train" / "neutral" / "wall.png")
+    save(Image.fromarray(data.astronaut()), root / "val" / "happy" / "astronaut.png")
+    splits = load_splits(config("imagefolder", root, tmp_path / "cache", detect_faces=True))
+    # Haar finds the face at (174, 66, 98, 98); --face-margin 0.2 grows its side to 137 px around the same centre.
+    assert splits["train"]["crop"] == [[154, 46, 292, 184]] and splits["validation"]["crop"] == [[154, 46, 292, 184]]
+    [folder] = list(cache_root(str(tmp_path / "cache")).iterdir())
+    report = json.loads((folder / "report.json").read_text())
+    assert report["splits"]["train"]["skipped"] == {"no_face": {"count": 1, "examples": [str(root / "train" / "neutral" / "wall.png")]}}
+    assert report["options"]["detect_faces"] is True and report["options"]["face_margin"] == 0.2
+    plain = load_splits(config("imagefolder", root, tmp_path / "cache"))  # without the flag: the centre square, its own cache
+    assert plain["train"]["crop"] == [[0, 0, 512, 512], [50, 0, 250, 200]]

@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 
 from emotion.evaluation import compute_metrics
+from emotion.labels import CLASS_NAMES
 
 
 def test_metrics_match_hand_computed_values():
     # 10 samples over classes 0 (neutral), 1 (happy), 6 (anger); other classes absent.
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 6, 6, 6])
     predicted = np.array([0, 0, 0, 1, 1, 1, 6, 6, 6, 0])
-    m = compute_metrics(labels, predicted)
+    m = compute_metrics(labels, predicted, list(CLASS_NAMES))
     assert m["num_samples"] == 10
     assert m["accuracy"] == pytest.approx(7 / 10)
     # recall: neutral 3/4, happy 2/3, anger 2/3

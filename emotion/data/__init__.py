@@ -1,8 +1,9 @@
 """Data: one reader per source -> `datasets.DatasetDict` with 'train', 'validation' (and 'test' when the source
 has one, kept apart from training and model selection) -> transforms -> loaders.
 
-Every reader returns the same columns: `image` (datasets Image), `label` (ClassLabel over CLASS_NAMES),
-`id` (string). Knows nothing of the model: preprocessing numbers come in as arguments.
+Every reader returns the same columns: `image` (datasets Image), `label` (ClassLabel over the 8 classes, or the 7
+without contempt with --classes 7), `id` (string); AffectNet and AffectNet+ add `valence` and `arousal` (NaN where
+absent). Knows nothing of the model: preprocessing numbers come in as arguments.
 """
 from __future__ import annotations
 

@@ -1,13 +1,21 @@
-"""AffectNet (Mollahosseini et al. 2017): training.csv / validation.csv over full photos with face boxes.
+"""AffectNet (Mollahosseini et al. 2017), in either layout it is released in:
+
+- CSV: training.csv / validation.csv over full photos with face boxes; the face is cropped by its box grown by
+  `face_margin` of the box side on each side.
+- per-image .npy (the later release): {train_set,val_set}/images/<id>.jpg (face crops) and
+  annotations/<id>_exp.npy, <id>_val.npy, <id>_aro.npy.
 
 Rows keep classes 0-7; 8 (None), 9 (Uncertain) and 10 (No-Face) are counted as excluded; rows with missing
-fields, unparsable numbers or labels outside 0-10 are counted as skipped. The face is cropped by its box grown
-by `face_margin` of the box side on each side.
+fields, unparsable numbers or labels outside 0-10 are counted as skipped. Valence and arousal are kept (NaN when
+absent or outside [-1, 1], e.g. the -2 of rows without a rating).
 """
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
+
+import numpy as np
 
 from emotion.data.prepare import Issues, Record, Source
 from emotion.errors import EmotionError
@@ -21,6 +29,8 @@ CSV_NAMES = {"train": "training.csv", "validation": "validation.csv"}
 # The release keeps the lists in a sub-folder; some copies put them at the root.
 CSV_FOLDERS = ("", "Manually_Annotated_file_lists")
 IMAGE_FOLDER = "Manually_Annotated_Images"
+NPY_SPLITS = {"train": "train_set", "validation": "val_set"}
+NPY_LAYOUT = "{train_set,val_set}/images/<id>.jpg and {train_set,val_set}/annotations/<id>_exp.npy (+ _val.npy, _aro.npy)"
 
 
 def find_csv(root: Path, name: str) -> Path:
@@ -39,6 +49,26 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def affect_value(text) -> float | None:
+    """A valence or arousal rating in [-1, 1]; None for anything else (missing, unparsable, AffectNet's -2)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and -1 <= value <= 1 else None
+
+
+def keep_label(label: int, example: str, skipped: Issues, excluded: Issues) -> bool:
+    """Whether a row of this expression code trains; codes 8-10 are counted as excluded, others outside 0-7 as skipped."""
+    if label in EXCLUDED:
+        excluded.add(EXCLUDED[label], example)
+    elif not 0 <= label < NUM_CLASSES:
+        skipped.add("label_out_of_range", example)
+    else:
+        return True
+    return False
+
+
 def read_rows(path: Path, image_root: Path, skipped: Issues, excluded: Issues) -> list[Record]:
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         rows = list(csv.reader(handle))
@@ -53,7 +83,7 @@ def read_rows(path: Path, image_root: Path, skipped: Issues, excluded: Issues) -
         missing = [c for c in REQUIRED if c not in header]
         raise EmotionError(f"{path} lacks the columns {', '.join(missing)}: expected an AffectNet list with "
                            f"{', '.join(REQUIRED)} (found {', '.join(header[:10])})")
-    where = {name: header.index(name) for name in REQUIRED}
+    where = {name: header.index(name) for name in REQUIRED + ("valence", "arousal") if name in header}
     records = []
     for line, row in enumerate(body, start=2 if body is not rows else 1):
         example = f"{path}:{line}"
@@ -72,8 +102,48 @@ def read_rows(path: Path, image_root: Path, skipped: Issues, excluded: Issues) -
         elif not 0 <= label < NUM_CLASSES:
             skipped.add("label_out_of_range", example)
         else:
-            records.append(Record(path=str(image_root / relative), label=label, id=relative, box=box))
+            records.append(Record(path=str(image_root / relative), label=label, id=relative, box=box,
+                                  valence=affect_value(row[where["valence"]]) if "valence" in where else None,
+                                  arousal=affect_value(row[where["arousal"]]) if "arousal" in where else None))
     return records
+
+
+def _npy_value(path: Path):
+    """The scalar an annotation .npy holds (the release stores numbers as strings, e.g. '3' or '0.785'); None if unreadable."""
+    try:
+        return np.load(path, allow_pickle=False).item()
+    except (OSError, ValueError):  # missing, not an .npy, or not one value
+        return None
+
+
+def read_npy_split(folder: Path, split: str, skipped: Issues, excluded: Issues) -> list[Record]:
+    annotations = folder / "annotations"
+    if not annotations.is_dir():
+        raise EmotionError(f"no annotations/ folder in {folder}: expected the AffectNet .npy layout {NPY_LAYOUT}")
+    images = {p.stem: p for p in (folder / "images").iterdir()} if (folder / "images").is_dir() else {}
+    records = []
+    for path in sorted(annotations.glob("*_exp.npy")):
+        image_id = path.name[: -len("_exp.npy")]
+        value = _npy_value(path)
+        try:
+            label = int(float(value))
+        except (TypeError, ValueError):
+            skipped.add("bad_annotation", str(path))
+            continue
+        if keep_label(label, str(path), skipped, excluded):
+            image = images.get(image_id, folder / "images" / f"{image_id}.jpg")
+            records.append(Record(path=str(image), label=label, id=f"{split}/{image_id}",
+                                  valence=affect_value(_npy_value(annotations / f"{image_id}_val.npy")),
+                                  arousal=affect_value(_npy_value(annotations / f"{image_id}_aro.npy"))))
+    return records
+
+
+def read_npy_layout(root: Path, source: Source) -> None:
+    for split, name in NPY_SPLITS.items():
+        source.splits[split] = read_npy_split(root / name, split, source.skipped[split], source.excluded[split])
+    if not source.splits["train"]:
+        raise EmotionError(f"{root / NPY_SPLITS['train']} has no usable annotation with expression 0-7: expected the "
+                           f"AffectNet .npy layout {NPY_LAYOUT}")
 
 
 def read_affectnet(config) -> Source:
@@ -83,6 +153,10 @@ def read_affectnet(config) -> Source:
                            f"validation.csv and {IMAGE_FOLDER}/")
     image_root = root / IMAGE_FOLDER if (root / IMAGE_FOLDER).is_dir() else root
     source = Source(dataset="affectnet", root=root, splits={}, options={"face_margin": config.face_margin})
+    if all((root / name).is_dir() for name in NPY_SPLITS.values()):
+        source.options = {"layout": "npy"}  # face crops already: no box, no margin
+        read_npy_layout(root, source)
+        return source
     for split, name in CSV_NAMES.items():
         path = find_csv(root, name)
         source.stat_files.append(path)

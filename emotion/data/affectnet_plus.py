@@ -1,8 +1,9 @@
 """AffectNet+ (arXiv 2410.22506): human_annotated/{train_set,validation_set}/{images,annotations}/<n>.jpg|.json.
 
-Images are face crops already. Each JSON holds a hard label (0-10, AffectNet ids), usually a soft label (8
-probabilities in canonical order) and, in some releases, a subset (easy / challenging / difficult). Key
-spellings vary between releases: every known variant is accepted; a release with none is a one-line error.
+Images are face crops already. Each JSON holds, as released, `human-label` (0-10, AffectNet ids), `soft-label` (8
+probabilities in canonical order), `subset` (0 easy, 1 challenging, 2 difficult) and `meta-data` (age, valence,
+arousal, ...). Key spellings vary between releases: every known variant is accepted; a release with none is a
+one-line error. `--subset` filters training only: validation stays the full set, the one the published table uses.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from emotion.data.affectnet import EXCLUDED
+from emotion.data.affectnet import affect_value, keep_label
 from emotion.data.imagefolder import IMAGE_SUFFIXES
 from emotion.data.prepare import Issues, Record, Source
 from emotion.errors import EmotionError
@@ -19,7 +20,8 @@ from emotion.labels import NUM_CLASSES, canonical_label
 HARD_KEYS = ("human-label", "human_label", "humanLabel", "human label", "hard-label", "hard_label", "label", "expression")
 SOFT_KEYS = ("soft-label", "soft_label", "softLabel", "soft label", "soft-labels", "soft_labels", "soft")
 SUBSET_KEYS = ("subset", "sub-set", "sub_set", "difficulty", "category")
-SUBSETS = ("easy", "challenging", "difficult", "all")
+META_KEYS = ("meta-data", "meta_data", "metadata", "metaData", "meta")
+SUBSETS = ("easy", "challenging", "difficult")  # the release's subset codes 0, 1, 2
 SPLIT_FOLDERS = {"train": ("train_set", "train"), "validation": ("validation_set", "val_set", "validation", "val")}
 LAYOUT = "human_annotated/{train_set,validation_set}/{images,annotations}/<n>.jpg|.json"
 
@@ -50,6 +52,12 @@ def parse_soft(value) -> list[float] | None:
     return [p / total for p in probs]
 
 
+def subset_name(value) -> str:
+    """'easy' | 'challenging' | 'difficult' from the release's code (0, 1, 2) or a name; '' when neither."""
+    text = str(value).strip().lower()
+    return SUBSETS[int(text)] if text.isdigit() and int(text) < len(SUBSETS) else text
+
+
 def _find(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
@@ -72,6 +80,8 @@ def read_split(folder: Path, split: str, subset: str, source: Source, found: dic
             skipped.add("bad_annotation", str(path))
             continue
         hard, soft_value, subset_value = _first(data, HARD_KEYS), _first(data, SOFT_KEYS), _first(data, SUBSET_KEYS)
+        meta = _first(data, META_KEYS)
+        meta = meta if isinstance(meta, dict) else {}
         found["hard"] += hard is not None
         found["soft"] += soft_value is not None
         found["subset"] += subset_value is not None
@@ -85,13 +95,9 @@ def read_split(folder: Path, split: str, subset: str, source: Source, found: dic
         except (TypeError, ValueError):
             skipped.add("label_out_of_range", str(path))
             continue
-        if label in EXCLUDED:
-            excluded.add(EXCLUDED[label], str(path))
+        if not keep_label(label, str(path), skipped, excluded):
             continue
-        if not 0 <= label < NUM_CLASSES:
-            skipped.add("label_out_of_range", str(path))
-            continue
-        if subset != "all" and str(subset_value).strip().lower() != subset:
+        if subset != "all" and subset_name(subset_value) != subset:
             excluded.add("other_subset", str(path))
             continue
         soft = None
@@ -100,7 +106,8 @@ def read_split(folder: Path, split: str, subset: str, source: Source, found: dic
             if soft is None:
                 skipped.add("bad_soft_label", str(path))
                 continue
-        records.append(Record(path=str(image), label=label, id=f"{split}/{path.stem}", soft_label=soft))
+        records.append(Record(path=str(image), label=label, id=f"{split}/{path.stem}", soft_label=soft,
+                              valence=affect_value(meta.get("valence")), arousal=affect_value(meta.get("arousal"))))
     return records
 
 
@@ -115,7 +122,8 @@ def read_affectnet_plus(config) -> Source:
         folder = _find(root, names)
         if folder is None:
             raise EmotionError(f"no {names[0]}/ folder in {root}: expected the AffectNet+ layout {LAYOUT}")
-        source.splits[split] = read_split(folder, split, config.subset, source, found)
+        # The published figures use the full validation set: a subset filters what the model trains on, nothing else.
+        source.splits[split] = read_split(folder, split, config.subset if split == "train" else "all", source, found)
     keys = found.get("example_keys", "")
     if found["hard"] == 0:
         raise EmotionError(f"no known hard-label key in the JSON files under {root} (keys seen: {keys}): expected one of "

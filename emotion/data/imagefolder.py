@@ -1,6 +1,8 @@
 """Folder-per-class sets (FER2013, RAF-DB, CK+, JAFFE, ExpW exports): root/{train,val,test}/<class>/*, or root/<class>/*.
 
-Class folders map by name (aliases included) to the canonical 8. `train|training` is the train split, `val|validation|
+Class folders map by name (aliases included) to the canonical 8. A numbered name (`0_neutral` ... `7_contempt`) maps by
+its name and its number must be that name's canonical id. Bare numbers (`1`..`7` of RAF-DB re-packs, `0`..`7` of
+AffectNet exports) mean what the set's numbering says: `--label-order` names it, never a guess. `train|training` is the train split, `val|validation|
 valid` the validation split and `test|testing` a test split kept apart: it is never used for model selection. Without
 a validation folder (root/<class>/* only, train/ only, or train/ + test/ as many sets ship), a stratified split seeded
 by `data_seed` holds out `val_fraction` of each class of train as validation.
@@ -9,15 +11,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import numpy as np
 
-from emotion.data.prepare import Issues, Record, Source
+from emotion.data.prepare import Issues, Record, Source, face_options
 from emotion.errors import EmotionError
-from emotion.labels import CLASS_NAMES, canonical_label
+from emotion.labels import CLASS_NAMES, LABEL_ORDERS, canonical_label, label_order
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"})
 SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "validation", "valid"), "test": ("test", "testing")}
 LAYOUT = "root/train/<class name>/*.jpg with optional root/val/<class name>/ and root/test/<class name>/, or root/<class name>/*.jpg"
+
+
+NUMBERED = re.compile(r"^(\d+)[ _.-]+(.+)$")
+
+
+def folder_label(class_dir: Path, order: dict[int, int] | None) -> int | None:
+    """Canonical id of a class folder: by name, by a numbered name, or by a bare number in the --label-order numbering."""
+    name = class_dir.name
+    numbered = NUMBERED.match(name)
+    if numbered:
+        number, label = int(numbered.group(1)), canonical_label(numbered.group(2))
+        if label is not None and number != label:
+            raise EmotionError(f"class folder {class_dir}: number {number} is not the id of {numbered.group(2)!r} "
+                               f"({label}, in the order {', '.join(f'{i}_{n}' for i, n in enumerate(CLASS_NAMES))}): "
+                               f"rename it {label}_{CLASS_NAMES[label]}")
+        return label
+    if name.isdigit():
+        if order is None:
+            raise EmotionError(f"class folder {class_dir} is a bare number: say whose numbering the folders use with "
+                               f"--label-order {'|'.join(LABEL_ORDERS)}|<comma list of class names numbered from 0>")
+        return order.get(int(name))
+    return canonical_label(name)
 
 
 def _subfolders(folder: Path) -> dict[str, Path]:
@@ -28,10 +54,11 @@ def _split_folder(folders: dict[str, Path], split: str) -> Path | None:
     return next((folders[name] for name in SPLIT_FOLDERS[split] if name in folders), None)
 
 
-def _read_classes(folder: Path, split: str, drop_unknown: bool, skipped: Issues, excluded: Issues) -> list[Record]:
+def _read_classes(folder: Path, split: str, drop_unknown: bool, order: dict[int, int] | None, skipped: Issues,
+                  excluded: Issues) -> list[Record]:
     records = []
     for class_dir in _subfolders(folder).values():
-        label = canonical_label(class_dir.name)
+        label = folder_label(class_dir, order)
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         if label is None:
             if not drop_unknown:
@@ -66,13 +93,15 @@ def read_imagefolder(config) -> Source:
     root = Path(config.data_dir).expanduser()
     if not root.is_dir():
         raise EmotionError(f"--data-dir {root} is not a folder: expected a folder-per-class data set ({LAYOUT})")
-    options = {"val_fraction": config.val_fraction, "drop_unknown_classes": config.drop_unknown_classes}
+    options = {"val_fraction": config.val_fraction, "drop_unknown_classes": config.drop_unknown_classes,
+               "label_order": config.label_order, **face_options(config)}
     source = Source(dataset="imagefolder", root=root, splits={}, options=options)
     drop = config.drop_unknown_classes
+    order = label_order(config.label_order) if config.label_order else None  # checked by emotion.config.validate
 
     def read(folder: Path, split: str, counted_in: str | None = None) -> list[Record]:
         counted_in = counted_in or split
-        return _read_classes(folder, split, drop, source.skipped[counted_in], source.excluded[counted_in])
+        return _read_classes(folder, split, drop, order, source.skipped[counted_in], source.excluded[counted_in])
 
     folders = _subfolders(root)
     train_dir = _split_folder(folders, "train")

@@ -12,15 +12,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from emotion.data.affectnet import read_affectnet
 from emotion.data.affectnet_plus import read_affectnet_plus
+from emotion.data.fer2013 import read_fer2013
 from emotion.data.ferplus import read_ferplus
 from emotion.data.imagefolder import read_imagefolder
 from emotion.data.prepare import prepared_splits
+from emotion.data.rafdb import read_rafdb
 from emotion.errors import EmotionError
-from emotion.labels import NUM_CLASSES
 
 # Real sources: each reader lists records; emotion.data.prepare turns them into the cached Arrow splits.
 READERS = {"imagefolder": read_imagefolder, "affectnet": read_affectnet, "affectnet_plus": read_affectnet_plus,
-           "ferplus": read_ferplus}
+           "ferplus": read_ferplus, "rafdb": read_rafdb, "fer2013": read_fer2013}
 
 
 def load_splits(config) -> datasets.DatasetDict:
@@ -31,14 +32,15 @@ def load_splits(config) -> datasets.DatasetDict:
         # Rendering is CPU-bound: use every core once the set is big enough to repay the process start-up.
         num_proc = config.num_proc or ((os.cpu_count() or 1) if config.synthetic_train >= 1000 else None)
         return load_synthetic(config.synthetic_train, config.synthetic_val, image_size=config.image_size,
-                              seed=config.data_seed, cache_dir=config.cache_dir, num_proc=num_proc)
+                              seed=config.data_seed, cache_dir=config.cache_dir, num_proc=num_proc, classes=config.classes)
     if config.dataset not in READERS:
         raise EmotionError(f"unknown --dataset {config.dataset!r}: choose synthetic, {', '.join(READERS)}")
     return prepared_splits(config, READERS[config.dataset])
 
 
 def class_counts(split: datasets.Dataset) -> np.ndarray:
-    return np.bincount(np.asarray(split["label"], dtype=np.int64), minlength=NUM_CLASSES)
+    """Images per class of the split's own class list (8, or 7 with --classes 7)."""
+    return np.bincount(np.asarray(split["label"], dtype=np.int64), minlength=split.features["label"].num_classes)
 
 
 def class_weights(counts: np.ndarray, scheme: str = "inverse", beta: float = 0.999) -> np.ndarray:

@@ -1,14 +1,16 @@
 """Prepare once, train fast: decode, check, crop and resize every source image once into an Arrow cache.
 
-A reader (imagefolder, affectnet, affectnet_plus, ferplus) lists `Record`s per split ('train', 'validation' and,
+A reader (imagefolder, affectnet, affectnet_plus, ferplus, rafdb, fer2013) lists `Record`s per split ('train', 'validation' and,
 when the source has one, a 'test' split kept apart from model selection); `prepared_splits` turns them into a
 `datasets.DatasetDict` saved under `<cache_dir>/prepared/<dataset>-<key>/`, where the key hashes the source files'
-sizes and modification times, the image size and every reader option that changes pixels or rows: the same call
-reuses the cache, any change rebuilds it. Bad files are counted per reason (with example paths) in `report.json`
+sizes and modification times, the image size, the class list (`--classes 7` drops contempt here, counted as
+excluded) and every reader option that changes pixels or rows: the same call reuses the cache, any change rebuilds it.
+Valence and arousal, where a reader has them, are kept as columns (NaN where a row has none). Bad files are counted per reason (with example paths) in `report.json`
 beside the cache and summed up in one line; they never stop the build.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -25,11 +27,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from emotion.errors import EmotionError
-from emotion.faces.detect import NoCrop, crop_face, crop_region
-from emotion.labels import CLASS_NAMES, NUM_CLASSES
+from emotion.faces.detect import NoCrop, build_detector, crop_face, crop_region
+from emotion.labels import CLASS_LISTS, NUM_CLASSES
 
-# Bump when decoding, cropping or encoding changes: old caches then stop matching.
-PREPARE_VERSION = 1
+# Bump when decoding, cropping, encoding or the columns change: old caches then stop matching.
+PREPARE_VERSION = 2
 DEFAULT_CACHE_DIR = Path("~/.cache/emotion")
 EXAMPLES_PER_REASON = 5
 # JPEG q95 keeps a full AffectNet cache at 224 px about 4x smaller than PNG at no visible cost.
@@ -40,13 +42,17 @@ REQUIRED_SPLITS = ("train", "validation")  # every reader lists these; "test" on
 
 @dataclass
 class Record:
-    """One source image: where it is, its class id, and optionally a face box and a soft label."""
+    """One source image: where it is (or its encoded bytes), its class id, and optionally a face box, a soft label,
+    valence and arousal."""
 
     path: str
     label: int
     id: str
     box: tuple[float, float, float, float] | None = None  # face x, y, width, height in source pixels
     soft_label: list[float] | None = None
+    valence: float | None = None
+    arousal: float | None = None
+    image_bytes: bytes | None = None  # the encoded image when the source holds pixels, not files (FER2013's CSV)
 
 
 @dataclass
@@ -87,10 +93,10 @@ class SkipImage(Exception):
     """An image that cannot be used; the message is the reason counted in the report."""
 
 
-def decode_rgb(path: str) -> tuple[Image.Image, list[str]]:
-    """The image as 8-bit RGB and the conversions that took (grayscale, cmyk, alpha, 16-bit, ...)."""
+def decode_rgb(path: str, data: bytes | None = None) -> tuple[Image.Image, list[str]]:
+    """The image (a file, or its encoded `data`) as 8-bit RGB and the conversions that took (grayscale, cmyk, alpha, ...)."""
     try:
-        size = os.path.getsize(path)
+        size = os.path.getsize(path) if data is None else len(data)
     except OSError:
         raise SkipImage("missing_file") from None
     if size == 0:
@@ -98,7 +104,7 @@ def decode_rgb(path: str) -> tuple[Image.Image, list[str]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as opened:
+            with Image.open(path if data is None else io.BytesIO(data)) as opened:
                 opened.load()
                 image = opened.copy()
     except UnidentifiedImageError:
@@ -134,22 +140,42 @@ def crop_box(width: int, height: int, box: tuple[float, float, float, float] | N
     return region, ["box_clipped"] if clipped else []
 
 
-def prepare_image(record: Record, image_size: int, margin: float) -> tuple[bytes, tuple[int, int, int, int], list[str]]:
+def face_options(config) -> dict[str, Any]:
+    """Reader options of --detect-faces (part of the cache key): the detector's box is cropped with --face-margin."""
+    return {"detect_faces": True, "face_margin": config.face_margin} if config.detect_faces else {}
+
+
+@functools.lru_cache(maxsize=1)
+def _face_detector():
+    return build_detector()
+
+
+def largest_face(image: Image.Image) -> tuple[float, float, float, float]:
+    """The biggest box the demo's face detector finds in a photo; SkipImage('no_face') when it finds none."""
+    boxes = _face_detector().detect(np.ascontiguousarray(np.asarray(image)[:, :, ::-1]))
+    if not boxes:
+        raise SkipImage("no_face")
+    return tuple(float(v) for v in max(boxes, key=lambda b: b[2] * b[3]))
+
+
+def prepare_image(record: Record, image_size: int, margin: float,
+                  detect_faces: bool = False) -> tuple[bytes, tuple[int, int, int, int], list[str]]:
     """Decode, crop and resize one record to JPEG bytes; raises SkipImage with the reason."""
-    image, notes = decode_rgb(record.path)
-    crop, crop_notes = crop_box(image.width, image.height, record.box, margin)
+    image, notes = decode_rgb(record.path, record.image_bytes)
+    box = largest_face(image) if detect_faces and record.box is None else record.box
+    crop, crop_notes = crop_box(image.width, image.height, box, margin)
     face = Image.fromarray(crop_face(np.asarray(image), crop, image_size))
     buffer = io.BytesIO()
     face.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue(), crop, notes + crop_notes
 
 
-def _features(with_soft: bool):
+def _features(class_names: tuple[str, ...], with_soft: bool, with_affect: bool):
     import datasets
 
     columns = {
         "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+        "label": datasets.ClassLabel(names=list(class_names)),
         "id": datasets.Value("string"),
         "path": datasets.Value("string"),
         "crop": datasets.Sequence(datasets.Value("int32"), length=4),
@@ -157,17 +183,21 @@ def _features(with_soft: bool):
         "notes": datasets.Value("string"),
     }
     if with_soft:
-        columns["soft_label"] = datasets.Sequence(datasets.Value("float32"), length=NUM_CLASSES)
+        columns["soft_label"] = datasets.Sequence(datasets.Value("float32"), length=len(class_names))
+    if with_affect:
+        columns["valence"] = datasets.Value("float32")
+        columns["arousal"] = datasets.Value("float32")
     return datasets.Features(columns)
 
 
-def _generate(records: list[dict], image_size: int, margin: float, with_soft: bool) -> Iterator[dict]:
+def _generate(records: list[dict], image_size: int, margin: float, detect_faces: bool, with_soft: bool,
+              with_affect: bool) -> Iterator[dict]:
     """Every record once; a bad one comes out without an image and with its reason in `status`."""
     for row in records:
         record = Record(**row)
         image, crop, status, notes = None, (0, 0, 0, 0), "", []
         try:
-            data, crop, notes = prepare_image(record, image_size, margin)
+            data, crop, notes = prepare_image(record, image_size, margin, detect_faces)
             image = {"bytes": data, "path": None}
         except SkipImage as reason:
             status = str(reason)
@@ -175,20 +205,43 @@ def _generate(records: list[dict], image_size: int, margin: float, with_soft: bo
                "status": status, "notes": ",".join(notes)}
         if with_soft:
             out["soft_label"] = record.soft_label
+        if with_affect:
+            out["valence"] = math.nan if record.valence is None else record.valence
+            out["arousal"] = math.nan if record.arousal is None else record.arousal
         yield out
 
 
-def cache_key(source: Source, image_size: int) -> str:
+def keep_classes(source: Source, count: int) -> None:
+    """Drop the rows of classes beyond the first `count` (--classes 7: contempt), counted as excluded; soft labels are
+    renormalised over the classes kept (a row with no mass left trains on its hard label)."""
+    if count == NUM_CLASSES:
+        return
+    for split in source.split_names():
+        kept = []
+        for record in source.splits[split]:
+            if record.label >= count:
+                source.excluded[split].add(CLASS_LISTS[NUM_CLASSES][record.label], record.path)
+                continue
+            if record.soft_label is not None:
+                total = sum(record.soft_label[:count])
+                record.soft_label = [p / total for p in record.soft_label[:count]] if total > 0 else \
+                    [float(i == record.label) for i in range(count)]
+            kept.append(record)
+        source.splits[split] = kept
+
+
+def cache_key(source: Source, image_size: int, count: int) -> str:
     """Hash of everything the prepared pixels and rows depend on, source files' sizes and times included."""
     digest = hashlib.sha256()
     header = {"version": PREPARE_VERSION, "dataset": source.dataset, "root": str(source.root.resolve()),
-              "image_size": image_size, "options": source.options}
+              "image_size": image_size, "classes": count, "options": source.options}
     digest.update(json.dumps(header, sort_keys=True).encode())
     for path in source.stat_files:
         digest.update(f"{path}|{_stat(str(path))}".encode())
     for split in source.split_names():
         for r in source.splits[split]:
-            digest.update(f"{split}|{r.path}|{r.label}|{r.box}|{r.soft_label}|{_stat(r.path)}\n".encode())
+            where = _stat(r.path) if r.image_bytes is None else hashlib.sha256(r.image_bytes).hexdigest()[:16]
+            digest.update(f"{split}|{r.path}|{r.label}|{r.box}|{r.soft_label}|{r.valence}|{r.arousal}|{where}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -204,11 +257,16 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / "prepared"
 
 
-def build_prepared(source: Source, target: Path, image_size: int, num_proc: int | None) -> dict[str, Any]:
+def build_prepared(source: Source, target: Path, image_size: int, num_proc: int | None,
+                   count: int = NUM_CLASSES) -> dict[str, Any]:
     """Build the cache in a temporary folder next to `target`, then rename it into place; return the report."""
     import datasets
 
-    with_soft = any(r.soft_label is not None for split in source.split_names() for r in source.splits[split])
+    records_of = [r for split in source.split_names() for r in source.splits[split]]
+    with_soft = any(r.soft_label is not None for r in records_of)
+    with_affect = any(r.valence is not None or r.arousal is not None for r in records_of)
+    class_names = CLASS_LISTS[count]
+    features = _features(class_names, with_soft, with_affect)
     margin = float(source.options.get("face_margin", 0.0))
     work = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
@@ -221,8 +279,9 @@ def build_prepared(source: Source, target: Path, image_size: int, num_proc: int 
             if records:
                 nproc = max(1, min(num_proc or os.cpu_count() or 1, len(records)))
                 built = datasets.Dataset.from_generator(
-                    _generate, features=_features(with_soft), cache_dir=str(work / "build"),
-                    gen_kwargs={"records": records, "image_size": image_size, "margin": margin, "with_soft": with_soft},
+                    _generate, features=features, cache_dir=str(work / "build"),
+                    gen_kwargs={"records": records, "image_size": image_size, "margin": margin, "with_soft": with_soft,
+                                "detect_faces": bool(source.options.get("detect_faces")), "with_affect": with_affect},
                     num_proc=nproc if nproc > 1 else None, split=datasets.NamedSplit(split),
                     fingerprint=hashlib.sha256(f"{target.name}|{split}".encode()).hexdigest()[:16],
                 )
@@ -235,16 +294,15 @@ def build_prepared(source: Source, target: Path, image_size: int, num_proc: int 
                         converted.add(note, paths[i])
                 data = built.select(keep).remove_columns(["status", "notes"])
             else:
-                data = datasets.Dataset.from_dict({k: [] for k in _features(with_soft)},
-                                                  features=_features(with_soft)).remove_columns(["status", "notes"])
+                data = datasets.Dataset.from_dict({k: [] for k in features}, features=features).remove_columns(["status", "notes"])
             prepared[split] = data
-            counts = np.bincount(np.asarray(data["label"], dtype=np.int64), minlength=NUM_CLASSES)
+            counts = np.bincount(np.asarray(data["label"], dtype=np.int64), minlength=count)
             report["splits"][split] = {
-                "kept": len(data), "per_class": {n: int(c) for n, c in zip(CLASS_NAMES, counts)},
+                "kept": len(data), "per_class": {n: int(c) for n, c in zip(class_names, counts)},
                 "skipped": skipped.to_dict(), "excluded": source.excluded[split].to_dict(), "converted": converted.to_dict(),
             }
         train_counts = report["splits"]["train"]["per_class"]
-        report["absent_classes"] = [n for n in CLASS_NAMES if train_counts[n] == 0]
+        report["absent_classes"] = [n for n in class_names if train_counts[n] == 0]
         report["soft_labels"] = with_soft
         # An empty split (every image skipped) would be saved as 0 shards, which load_from_disk cannot read back.
         datasets.DatasetDict(prepared).save_to_disk(str(work / "data"),
@@ -282,13 +340,14 @@ def prepared_splits(config, read: Callable[[Any], Source], log: Callable[[str], 
     import datasets
 
     source = read(config)
-    target = cache_root(config.cache_dir) / f"{source.dataset}-{cache_key(source, config.image_size)}"
+    keep_classes(source, config.classes)
+    target = cache_root(config.cache_dir) / f"{source.dataset}-{cache_key(source, config.image_size, config.classes)}"
     if (target / "report.json").is_file():
         report = json.loads((target / "report.json").read_text())
         log(f"prepared cache reused: {summary_line(report, target)}")
     else:
         log(f"preparing {source.dataset} from {source.root} into {target} ...")
-        report = build_prepared(source, target, config.image_size, config.num_proc)
+        report = build_prepared(source, target, config.image_size, config.num_proc, config.classes)
         log(f"prepared: {summary_line(report, target)}")
     if report["splits"]["train"]["kept"] == 0:
         raise EmotionError(f"no usable training image in {source.root}: every one was skipped; see {target / 'report.json'}")

@@ -21,6 +21,7 @@ import numpy as np
 from emotion.card import read_json
 from emotion.errors import EmotionError
 from emotion.explain import MIN_CONFIDENCE, Explanation, baseline_weights, explain
+from emotion.labels import CLASS_NAMES
 from emotion.faces.detect import Box, FaceDetector, NoCrop, build_detector, crop_face, crop_region, face_margin
 
 ONNX_INPUT = "pixel_values"
@@ -132,8 +133,8 @@ class FaceResult:
 
 def make_result(box: Box, box_crop: Box, probabilities: np.ndarray, attention: np.ndarray,
                 min_confidence: float = MIN_CONFIDENCE, track_id: int | None = None,
-                baseline: dict[str, float] | None = None) -> FaceResult:
-    why = explain(probabilities, attention, min_confidence=min_confidence, baseline=baseline)
+                baseline: dict[str, float] | None = None, class_names: Sequence[str] = CLASS_NAMES) -> FaceResult:
+    why = explain(probabilities, attention, min_confidence=min_confidence, baseline=baseline, class_names=class_names)
     return FaceResult(box, box_crop, np.asarray(probabilities, np.float32), why.label, why.confidence,
                       np.asarray(attention, np.float32), why, track_id)
 
@@ -154,7 +155,7 @@ class Predictor:
 
     def new_tracker(self, **kwargs) -> "FaceTracker":
         """A tracker whose smoothed results are explained the way this predictor explains them."""
-        return FaceTracker(min_confidence=self.min_confidence, baseline=self.baseline, **kwargs)
+        return FaceTracker(min_confidence=self.min_confidence, baseline=self.baseline, class_names=self.class_names, **kwargs)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, detector_model: str | None = None, with_detector: bool = True,
@@ -205,7 +206,8 @@ class Predictor:
         if not explained:
             return [FaceResult(b, s, p, self.class_names[int(p.argmax())], float(p.max()), a, None)
                     for b, s, p, a in zip(boxes, squares, probabilities, attention)]
-        return self._timed("explain", lambda: [make_result(b, s, p, a, self.min_confidence, baseline=self.baseline)
+        return self._timed("explain", lambda: [make_result(b, s, p, a, self.min_confidence, baseline=self.baseline,
+                                                           class_names=self.class_names)
                                                for b, s, p, a in zip(boxes, squares, probabilities, attention)])
 
 
@@ -257,6 +259,7 @@ class FaceTracker:
     max_missed: int = 2
     min_confidence: float = MIN_CONFIDENCE
     baseline: dict[str, float] | None = None  # explanations' baseline (Predictor.baseline)
+    class_names: Sequence[str] = CLASS_NAMES  # the model's classes (Predictor.class_names)
     tracks: list[_Track] = field(default_factory=list)
     next_id: int = 1
 
@@ -293,7 +296,8 @@ class FaceTracker:
                 track = _Track(self.next_id, face)
                 self.next_id += 1
                 self.tracks.append(track)
-            track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id, self.baseline)
+            track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id, self.baseline,
+                                     self.class_names)
             out.append(track.face)
         return out
 
