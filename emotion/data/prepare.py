@@ -25,12 +25,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from emotion.config import DEFAULT_CACHE_DIR
 from emotion.errors import EmotionError
 from emotion.labels import CLASS_NAMES, NUM_CLASSES
 
 # Bump when decoding, cropping or encoding changes: old caches then stop matching.
 PREPARE_VERSION = 1
-DEFAULT_CACHE_DIR = Path("~/.cache/emotion")
 EXAMPLES_PER_REASON = 5
 # JPEG q95 keeps a full AffectNet cache at 224 px about 4x smaller than PNG at no visible cost.
 JPEG_QUALITY = 95
