@@ -152,7 +152,7 @@ def bench_parser() -> argparse.ArgumentParser:
 
     defaults = BenchSettings()
     parser = parser_for(
-        "emotion-bench",
+        "emotion-bench", "bench.py",
         description="Measure on the current device: training images/s of the full model vs timm's plain classifier "
                     "(same backbone, batch, precision), inference images/s and batch-1 latency, data-loader images/s "
                     "(prepared Arrow dataset and raw image folder) and peak memory. Prints a markdown table, writes JSON.",
