@@ -11,7 +11,7 @@ from typing import Any
 
 from emotion.errors import EmotionError
 
-# Supervised AffectNet-8 validation accuracy of DDAMFN (best row of the published table in docs/datasets.md).
+# The reference runs log beside their own figure: DDAMFN's supervised AffectNet-8 validation accuracy (docs/datasets.md).
 PUBLISHED_AFFECTNET8_BEST = 64.25
 
 # Arrow caches: <cache-dir>/prepared/ for real data sets, <cache-dir>/synthetic/ for the synthetic faces.
