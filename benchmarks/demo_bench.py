@@ -69,7 +69,7 @@ def agreement(args) -> dict:
     from emotion.faces import Predictor, synthetic_agreement
 
     predictor = Predictor.from_model_dir(args.model)
-    if args.no_baseline:
+    if not args.neutral_prior:
         predictor.baseline = None  # plain attention lift, as if training had recorded no neutral-face prior
     return synthetic_agreement(predictor, per_class=args.per_class)
 
@@ -84,21 +84,31 @@ def corners(args) -> dict:
             "corner_peak_share": report["attention_corner_share"], "corner_peak_chance": report["attention_corner_chance"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("fps", "agreement", "corners"))
-    parser.add_argument("--model", default=None, help="saved model folder")
-    parser.add_argument("--preset", default="b4", help="without --model: time this preset's architecture, random weights")
-    parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--detect-every", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--background-detection", action="store_true", help="detector on its own thread (the live demo's camera mode)")
-    parser.add_argument("--per-class", type=int, default=25)
-    parser.add_argument("--no-baseline", action="store_true", help="agreement: read plain attention lift, not lift over the neutral-face prior")
-    parser.add_argument("--split", default="test", help="corners: the split of the model's data set to read (default: test)")
+def parser() -> argparse.ArgumentParser:
+    from emotion.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="demo_bench.py", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("what", choices=("fps", "agreement", "corners"),
+                        help="fps: demo speed; agreement: explanation vs the synthetic generator; corners: attention on corners")
+    parser.add_argument("--model", default=None, help="saved model folder (default: none; fps then times --preset)")
+    parser.add_argument("--preset", default="b4", help="fps without --model: time this preset's architecture, random weights")
+    parser.add_argument("--frames", type=int, default=60, help="fps: timed frames")
+    parser.add_argument("--warmup", type=int, default=5, help="fps: untimed frames first")
+    parser.add_argument("--detect-every", type=int, default=3, help="fps: run the face detector every N frames")
+    parser.add_argument("--threads", type=int, default=2, help="fps: torch CPU threads for the model")
+    parser.add_argument("--background-detection", action=argparse.BooleanOptionalAction, default=False,
+                        help="fps: detector on its own thread (the live demo's camera mode)")
+    parser.add_argument("--per-class", type=int, default=25, help="agreement: synthetic faces per class")
+    parser.add_argument("--neutral-prior", action=argparse.BooleanOptionalAction, default=True,
+                        help="agreement: read attention lift over the model's neutral-face prior; --no-neutral-prior: "
+                             "plain lift over uniform attention")
+    parser.add_argument("--split", default="test", help="corners: the split of the model's data set to read")
     parser.add_argument("--output-dir", default=None, help="corners: where the evaluation report goes (default: beside the run)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     print(json.dumps({"fps": fps, "agreement": agreement, "corners": corners}[args.what](args), indent=2))
 
 

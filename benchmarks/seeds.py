@@ -77,18 +77,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seeds.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="training preset (default: cpu)")
+    parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-4"), help="'0-9', '0,1,2' (default: 0-4)")
+    parser.add_argument("--dataset", default="synthetic", help="data set (default: synthetic)")
+    parser.add_argument("--data-dir", default=None, help="root of a real data set (default: none)")
+    parser.add_argument("--output-root", default="results/seeds", help="one run folder per seed under it (default: results/seeds)")
+    parser.add_argument("--output", default=None, help="JSON path (default: <output-root>/seeds.json)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu", help="training preset (default: cpu)")
-    parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-4"), help="'0-9', '0,1,2' (default: 0-4)")
-    parser.add_argument("--dataset", default="synthetic", help="data set (default: synthetic)")
-    parser.add_argument("--data-dir", default=None, help="root of a real data set")
-    parser.add_argument("--output-root", default="results/seeds", help="one run folder per seed under it (default: results/seeds)")
-    parser.add_argument("--output", default=None, help="JSON path (default: <output-root>/seeds.json)")
-    options = parser.parse_args(argv)
+    options = parser().parse_args(argv)
     rows = []
     for seed in options.seeds:
         rows.append(one_seed(seed, options, extra))

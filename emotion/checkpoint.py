@@ -21,6 +21,7 @@ from typing import Any, Callable
 from emotion.errors import EmotionError
 
 logger = logging.getLogger(__name__)
+PICK_ANOTHER = ": pick another or use --resume latest"
 
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
@@ -247,13 +248,12 @@ def load_checkpoint(accelerator, model, path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise EmotionError(f"checkpoint {path} does not exist: pass a checkpoint folder or --resume latest")
     if not is_complete(path):
-        raise EmotionError(f"checkpoint {path} is incomplete or corrupt (no {COMPLETE} marker): pick another or use --resume latest")
+        raise EmotionError(f"checkpoint {path} is incomplete or corrupt (no {COMPLETE} marker){PICK_ANOTHER}")
     try:
         trainer_state = json.loads((path / TRAINER_STATE).read_text())
         differences = shape_differences(accelerator.unwrap_model(model), path)
     except Exception as err:  # an unreadable header or state makes the whole checkpoint unusable
-        raise EmotionError(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}): "
-                           "pick another or use --resume latest") from None
+        raise EmotionError(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}){PICK_ANOTHER}") from None
     if differences:  # a model of another shape is another run, never a corrupt checkpoint to skip
         raise RunMismatch(f"checkpoint {path} holds a model of another shape ({'; '.join(differences[:3])}"
                           f"{'; ...' if len(differences) > 3 else ''}): resume with the settings it was trained with, "
@@ -261,8 +261,7 @@ def load_checkpoint(accelerator, model, path: Path) -> dict[str, Any]:
     try:
         accelerator.load_state(str(path))
     except Exception as err:  # any unreadable piece makes the whole checkpoint unusable
-        raise EmotionError(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}): "
-                           "pick another or use --resume latest") from None
+        raise EmotionError(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}){PICK_ANOTHER}") from None
     return trainer_state
 
 
@@ -276,9 +275,8 @@ def resume(accelerator, model, output_dir: Path, spec: str) -> tuple[dict[str, A
             return load_checkpoint(accelerator, model, path), path
         except RunMismatch:
             raise
-        except EmotionError as err:
-            logger.warning("%s; falling back to the previous checkpoint", err)
-            print(f"warning: {err}; falling back to the previous checkpoint", file=sys.stderr)
+        except EmotionError as err:  # the advice to pick another is what happens next: not repeated
+            print(f"warning: {str(err).removesuffix(PICK_ANOTHER)}; falling back to the previous checkpoint", file=sys.stderr)
     return None
 
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import textwrap
 from pathlib import Path
 
-from emotion.config import DATASETS, Range, TrainConfig, add_config_arguments, check_inputs, config_from_args, number, parse_bool
+from emotion.config import (DATA_FIELDS, DATASETS, PRESETS, REAL_DATA_OVERRIDES, Range, TrainConfig, add_config_arguments,
+                            check_inputs, config_from_args, number, show_value)
 from emotion.errors import EmotionError, cli_main
 
 
@@ -17,35 +20,66 @@ class Parser(argparse.ArgumentParser):
 
 def add_number(parser: argparse.ArgumentParser, flag: str, valid: Range, default, help: str) -> None:
     """A numeric flag checked by its range as it is parsed; the range shows in --help."""
-    parser.add_argument(flag, type=valid, default=default, help=f"{help} ({valid.describe()}; default: {default})")
+    shown = "" if default is None or "default" in help else f"; default: {default}"
+    parser.add_argument(flag, type=valid, default=default, help=f"{help} ({valid.describe()}{shown})")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's default, printed once: argparse's value, unless the help words it already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {show_value(action.default)})"
+
+
+def program_name(console: str, script: str | None = None) -> str:
+    """The name the user typed, for the usage line: `emotion-train`, `train_accelerate.py` or `python -m emotion.X`."""
+    invoked = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path(console)
+    if invoked.stem == console or invoked.name == script:
+        return invoked.name
+    if invoked.suffix == ".py" and invoked.parent.name == "emotion":
+        return f"python -m emotion.{invoked.stem}"
+    return console
+
+
+def parser_for(console: str, script: str | None = None, description: str = "", **kwargs) -> argparse.ArgumentParser:
+    return Parser(prog=program_name(console, script), description=textwrap.fill(description, 100),
+                                   formatter_class=HelpFormatter, **kwargs)
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="train_accelerate.py",
+    parser = parser_for(
+        "emotion-train", "train_accelerate.py",
         description="Train the facial-expression model (backbone -> dual attention -> Bi-LSTM) with Accelerate. "
                     "Run under `accelerate launch [--config_file accelerate_configs/X.yaml]` for GPUs, several "
-                    "processes or mixed precision. Defaults <- --preset <- explicit flags.",
-        epilog=presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                    "processes or mixed precision. Settings: the defaults below <- the --preset (table at the end) "
+                    "<- explicit flags.",
+        epilog=presets_help(),
     )
     add_config_arguments(parser)
     return parser
 
 
-def presets_help() -> str:
-    """The values each preset sets, and what it changes on real data: the end of `--help`."""
-    from emotion.config import PRESETS, REAL_DATA_OVERRIDES
-
-    def flags(values: dict) -> str:
-        return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
-
-    lines = ["presets (explicit flags win; without --preset: cpu for the synthetic set or a machine without a GPU, "
-             "b4 for real data on a GPU):"]
+def presets_help(only: tuple[str, ...] | None = None) -> str:
+    """A table of the values each preset sets (and, on real data, sets instead; `only`: these fields): ends `--help`."""
+    columns = {}
     for name, values in PRESETS.items():
-        lines.append(f"  {name}: {flags(values)}")
+        columns[name] = values
         if name in REAL_DATA_OVERRIDES:
-            lines.append(f"  {name} on a real data set, instead: {flags(REAL_DATA_OVERRIDES[name])}")
-    return "\n".join(lines)
+            columns[f"{name} (real data)"] = {**values, **REAL_DATA_OVERRIDES[name]}
+    keys = [f.name for f in TrainConfig.__dataclass_fields__.values()
+            if any(f.name in values for values in columns.values()) and (only is None or f.name in only)]
+    rows = [["flag", *columns]] + [[f"--{k.replace('_', '-')}",
+                                    *(show_value(v.get(k, getattr(TrainConfig, k))) for v in columns.values())]
+                                   for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([
+        "presets: what each sets (explicit flags win; a flag a preset leaves alone keeps the default above). Without",
+        "--preset: cpu for the synthetic set or a machine without a GPU, b4 for real data on a GPU. The cpu preset on a",
+        "real data set (any --dataset but synthetic) sets the cpu (real data) column.", "", *table])
 
 
 @cli_main
@@ -59,13 +93,13 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="eval_accelerate.py",
+    parser = parser_for(
+        "emotion-eval", "eval_accelerate.py",
         description="Evaluate a saved model (a best_model/ folder) on a data split: report.json, report.md, confusion_matrix.png.",
     )
     parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="data source (default: the one the model was trained on)")
-    parser.add_argument("--data-dir", default=None, help="root of a real data set")
+    parser.add_argument("--data-dir", default=None, help="root of a real data set (default: the one the model was trained on)")
     parser.add_argument("--split", default="validation", choices=("train", "validation", "val", "test"),
                         help="which split to evaluate; test: the held-apart test split of sets that have one (FER+, a "
                              "folder-per-class set with a test/ folder)")
@@ -73,9 +107,9 @@ def eval_parser() -> argparse.ArgumentParser:
                                                              "validation split, <model>/../eval-<split> for another)")
     add_number(parser, "--batch-size", Range(1, 65536), 64, "batch size per process")
     add_number(parser, "--num-workers", Range(0, 256), None, "DataLoader workers (0 = the main process; default: the run's)")
-    parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation: average with the mirrored image")
-    parser.add_argument("--save-predictions", action="store_true", help="also write predictions.csv (id, true, predicted, probabilities)")
-    parser.add_argument("--detect-faces", type=parse_bool, default=None, metavar="BOOL",
+    parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation: hflip averages each face's prediction with its mirror image's")
+    parser.add_argument("--save-predictions", action=argparse.BooleanOptionalAction, default=False, help="also write predictions.csv (id, true, predicted, probabilities)")
+    parser.add_argument("--detect-faces", action=argparse.BooleanOptionalAction, default=None,
                         help="crop the largest face of each photo of a folder set (imagefolder, rafdb) as training "
                              "with --detect-faces did (default: what the run used)")
     return parser
@@ -97,12 +131,13 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 def prepare_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="emotion-prepare",
-        description="Decode, crop and resize a real data set once (in parallel) into the Arrow cache training reads. "
+    parser = parser_for(
+        "emotion-prepare",
+        description="Decode, crop and resize a data set once (in parallel) into the Arrow cache training reads. "
                     "Pass the same --preset / --image-size / data flags you will train with: the cache is keyed by them.",
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, only=DATA_FIELDS)
+    parser.epilog = presets_help(only=DATA_FIELDS)
     return parser
 
 
@@ -110,7 +145,7 @@ def prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv: list[str] | None = None) -> int:
     from emotion.data import load_splits
 
-    config = config_from_args(prepare_parser().parse_args(argv))
+    config = config_from_args(prepare_parser().parse_args(argv), choose=True)
     check_inputs(config)
     load_splits(config)
     return 0
@@ -119,16 +154,16 @@ def prepare_main(argv: list[str] | None = None) -> int:
 def export_parser() -> argparse.ArgumentParser:
     from emotion.export import OPSET, TOLERANCE
 
-    parser = Parser(
-        prog="emotion-export",
+    parser = parser_for(
+        "emotion-export",
         description="Export a saved model to ONNX (logits + attention map, dynamic batch), check it against PyTorch "
                     "with ONNX Runtime, and write the model card.",
     )
     parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset version (default: {OPSET})")
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
     parser.add_argument("--output-dir", default=None, help="where model.onnx, config.json and README.md go (default: the model folder)")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest max |ONNX Runtime - PyTorch| accepted in fp32 (default: {TOLERANCE})")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest max |ONNX Runtime - PyTorch| accepted in fp32")
     return parser
 
 
@@ -136,30 +171,31 @@ def bench_parser() -> argparse.ArgumentParser:
     from emotion.bench import PRECISIONS, BenchSettings
 
     defaults = BenchSettings()
-    parser = Parser(
-        prog="emotion-bench",
+    parser = parser_for(
+        "emotion-bench", "bench.py",
         description="Measure on the current device: training images/s of the full model vs timm's plain classifier "
                     "(same backbone, batch, precision), inference images/s and batch-1 latency, data-loader images/s "
                     "(prepared Arrow dataset and raw image folder) and peak memory. Prints a markdown table, writes JSON.",
     )
-    parser.add_argument("--preset", default=defaults.preset, help=f"model and batch settings from a training preset (default: {defaults.preset})")
+    parser.add_argument("--preset", default=defaults.preset, help="model and batch settings from a training preset")
     parser.add_argument("--backbone", default=None, help="timm backbone (default: the preset's)")
     parser.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the preset's)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision, help="autocast precision (fp16 needs CUDA)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format for both models")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models (warm-up steps absorb the compile)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"steps per timed window (default: {defaults.steps})")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help=f"untimed steps first (default: {defaults.warmup})")
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help=f"timed windows; the fastest counts (default: {defaults.repeats})")
-    parser.add_argument("--latency-runs", type=int, default=defaults.latency_runs, help=f"batch-1 forwards; the median counts (default: {defaults.latency_runs})")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
+                        help="channels-last memory format for both models (the training flag of the same name)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile, help="torch.compile both models (warm-up steps absorb the compile)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="steps per timed window")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed windows; the fastest counts")
+    parser.add_argument("--latency-runs", type=int, default=defaults.latency_runs, help="batch-1 forwards; the median counts")
     parser.add_argument("--data-dir", default=None, help="a prepared dataset directory (datasets save_to_disk) for the loader test (default: synthetic faces)")
-    parser.add_argument("--loader-samples", type=int, default=defaults.loader_samples, help=f"images per loader pass (default: {defaults.loader_samples})")
+    parser.add_argument("--loader-samples", type=int, default=defaults.loader_samples, help="images per loader pass")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the preset's)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: one per core; 1 is far faster on a machine shared with other jobs)")
-    parser.add_argument("--cache-dir", default=None, help="where the synthetic Arrow cache lives (default ~/.cache/emotion)")
-    parser.add_argument("--output", default=None, help="JSON path (default results/bench/<device>-<preset>-<precision>.json)")
+    parser.add_argument("--cache-dir", default=None, help="where Arrow caches live, as in training (default: ~/.cache/emotion)")
+    parser.add_argument("--output", default=None, help="JSON path (default: results/bench/<device>-<preset>-<precision>.json)")
     return parser
 
 
@@ -179,11 +215,11 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def push_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="emotion-push", description="Upload a saved model folder (weights, config, "
+    parser = parser_for("emotion-push", description="Upload a saved model folder (weights, config, "
                                      "card, ONNX if exported) to a Hugging Face Hub model repo.")
     parser.add_argument("--model", required=True, help="saved model or export folder, e.g. results/RUN/best_model")
     parser.add_argument("--repo-id", required=True, help="Hub repo, e.g. USER/emotion-b4-affectnet (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--private", action=argparse.BooleanOptionalAction, default=False, help="create the repo private")
     parser.add_argument("--token", default=None, help="Hub token (default: `hf auth login` / HF_TOKEN)")
     return parser
 
@@ -199,12 +235,12 @@ def push_main(argv: list[str] | None = None) -> int:
 
 
 def app_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="emotion-app", description="Gradio page: photo, webcam and batch tabs with "
+    parser = parser_for("emotion-app", description="Gradio page: photo, webcam and batch tabs with "
                                      "boxes, probabilities, attention heatmaps and explanations.")
-    parser.add_argument("--model", default=None, help="saved model folder (results/RUN/best_model) or an exported model.onnx")
+    parser.add_argument("--model", default=None, help="saved model folder (results/RUN/best_model) or an exported model.onnx (required; without it the command says how to make one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for other machines and Spaces)")
     add_number(parser, "--port", Range(1, 65535), 7860, "port to serve on")
-    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--share", action=argparse.BooleanOptionalAction, default=False, help="also open a temporary public gradio.live link")
     parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
     return parser
 
@@ -223,24 +259,27 @@ def app_main(argv: list[str] | None = None) -> int:
 
 
 def demo_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="webcam_demo.py",
+    parser = parser_for(
+        "emotion-demo", "webcam_demo.py",
         description="Live facial-expression demo with attention heatmaps and facial-region explanations. "
                     "Keys: q quits, a toggles the attention heatmap.",
     )
-    parser.add_argument("--source", default="0", help="camera index (0), a video file, an image file or a folder of images")
+    parser.add_argument("--source", default="0", help="camera index, a video file, an image file or a folder of images")
     parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model, or an exported model.onnx")
-    parser.add_argument("--output", default=None, help="annotated video (.mp4/.avi) for camera/video sources, a folder for images")
-    parser.add_argument("--json", default=None, help="JSON Lines file: one record per face per frame (box, label, probabilities, explanation)")
-    parser.add_argument("--no-display", dest="display", action="store_false", help="headless: do not open a window")
+    parser.add_argument("--output", default=None, help="annotated video (.mp4/.avi) for camera and video sources; for photos a folder of PNGs, or for one "
+                             "photo an image file (annotated.png) (default: none)")
+    parser.add_argument("--json", default=None, help="JSON Lines file: one record per face per frame (box, label, probabilities, explanation) (default: none)")
+    parser.add_argument("--display", action=argparse.BooleanOptionalAction, default=True,
+                        help="show the annotated frames in a window; --no-display runs headless")
     parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
     add_number(parser, "--detect-every", Range(1, 10**6), 3, "run the face detector every N frames, track in between")
-    parser.add_argument("--background-detection", type=parse_bool, default=None, metavar="BOOL",
+    parser.add_argument("--background-detection", action=argparse.BooleanOptionalAction, default=None,
                         help="run the face detector on its own thread and core, off the frame loop "
-                             "(default: true for a camera, false for files, whose output then repeats exactly)")
-    add_number(parser, "--smoothing", number(0, 1, low_open=True), 0.5, "weight of the newest frame in the smoothed probabilities (1 = none)")
-    parser.add_argument("--no-attention", dest="attention", action="store_false", help="start with the attention heatmap off")
-    add_number(parser, "--max-frames", Range(1, 10**9), None, "stop after N frames")
+                             "(default: on for a camera, off for files, whose output then repeats exactly)")
+    add_number(parser, "--smoothing", number(0, 1, low_open=True), 0.5, "weight of the newest frame in the smoothed probabilities (1 = no smoothing)")
+    parser.add_argument("--heatmap", action=argparse.BooleanOptionalAction, default=True,
+                        help="draw the spatial-attention heatmap on each face (the `a` key toggles it)")
+    add_number(parser, "--max-frames", Range(1, 10**9), None, "stop after N frames (default: the end of the source)")
     parser.add_argument("--boxes", default=None, metavar="FILE.csv",
                         help="face boxes from another detector instead of running one: a CSV with columns file (a "
                              "folder's photo names) or frame (a video's frame numbers, from 0), x, y, w, h")
@@ -260,7 +299,7 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     args = demo_parser().parse_args(argv)
     stats = run(args.source, args.model, output=args.output, json_path=args.json, display=args.display,
-                detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.attention,
+                detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.heatmap,
                 smoothing=args.smoothing, max_frames=args.max_frames, background_detection=args.background_detection,
                 boxes_path=args.boxes, frames_csv=args.frames_csv, summary_path=args.summary)
     files = (f" (photos without a face: {len(stats.no_face)}, unreadable files: {len(stats.unreadable)})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,13 @@ from typing import Any
 from emotion.errors import EmotionError
 from emotion.labels import label_order
 
-# Supervised AffectNet-8 validation accuracy of DDAMFN (best row of the published table in DATASETS.md).
+# The reference runs log beside their own figure: DDAMFN's supervised AffectNet-8 validation accuracy (docs/datasets.md).
 PUBLISHED_AFFECTNET8_BEST = 64.25
 # AffectNet-7 (3,500 validation images): QCS, arXiv 2411.01988 (best row of the published AffectNet-7 figures).
 PUBLISHED_AFFECTNET7_BEST = 67.94
+
+# Arrow caches: <cache-dir>/prepared/ for real data sets, <cache-dir>/synthetic/ for the synthetic faces.
+DEFAULT_CACHE_DIR = Path("~/.cache/emotion")
 
 DATASETS = ("synthetic", "imagefolder", "affectnet", "affectnet_plus", "ferplus", "rafdb", "fer2013")
 LABEL_MODES = ("majority", "soft")
@@ -62,6 +66,8 @@ class Range:
 
 def number(low: float, high: float, **open_ends: bool) -> Range:
     return Range(low, high, float, **open_ends)
+
+
 CLASS_COUNTS = (8, 7)
 SELECT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 RAFDB_IMAGES = ("aligned", "original")
@@ -77,7 +83,7 @@ class TrainConfig:
                                                        "fixed so a sweep over --seed changes training only"})
     synthetic_train: int = field(default=4000, metadata={"help": "synthetic faces in the train split"})
     synthetic_val: int = field(default=800, metadata={"help": "synthetic faces in the validation split"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where Arrow caches live (default ~/.cache/emotion)"})
+    cache_dir: str | None = field(default=None, metadata={"help": f"where Arrow caches live: prepared/ (real data sets) and synthetic/ under it (default: {DEFAULT_CACHE_DIR})"})
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes (0 = load in the main process)"})
     class_weights: str = field(default="inverse", metadata={"help": "loss class weights: inverse | effective | none"})
     soft_labels: bool = field(default=False, metadata={"help": "affectnet_plus: train against the soft-label distribution (class-weighted soft-target CE)"})
@@ -100,15 +106,15 @@ class TrainConfig:
     backbone: str = field(default="efficientnet_b4", metadata={"help": "any timm model name"})
     backbone_width: float = field(default=1.0, metadata={"help": "channel-width multiplier of EfficientNet-family backbones "
                                                           "(timm's channel_multiplier; 1 = the published width)"})
-    pretrained: bool | None = field(default=None, metadata={"help": "use pretrained backbone weights (default: yes for real data, no for synthetic)"})
-    pretrained_path: str | None = field(default=None, metadata={"help": "local backbone weights file (.safetensors/.pth) instead of the hub"})
+    pretrained: bool | None = field(default=None, metadata={"help": "pretrained backbone weights from the hub; --no-pretrained trains the backbone from scratch (default: on for real data, off for synthetic)"})
+    pretrained_path: str | None = field(default=None, metadata={"help": "local backbone weights file (.safetensors/.pth) instead of the hub (default: none)"})
     image_size: int = field(default=224, metadata={"help": "input side in pixels"})
     output_stride: int = field(default=32, metadata={"help": "backbone output stride (16 keeps a 7x7 grid at 112 px)"})
     proj_dim: int = field(default=0, metadata={"help": "linear projection of tokens before the LSTM (0 = none)"})
     lstm_hidden: int = field(default=512, metadata={"help": "Bi-LSTM hidden size per direction"})
     lstm_layers: int = field(default=1, metadata={"help": "Bi-LSTM layers"})
     dropout: float = field(default=0.3, metadata={"help": "dropout before the classifier"})
-    attention: bool = field(default=True, metadata={"help": "channel + spatial attention (off: plain tokens, for ablations)"})
+    attention: bool = field(default=True, metadata={"help": "channel + spatial attention; --no-attention feeds plain tokens to the Bi-LSTM, for ablations"})
     aux_loss_weight: float = field(default=0.5, metadata={"help": "weight of the training-only auxiliary classifier on the "
                                                               "pooled backbone features (0 = none); it keeps early training "
                                                               "from stalling at chance"})
@@ -130,23 +136,23 @@ class TrainConfig:
     channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the convolutions (faster on tensor-core GPUs)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (first steps slower while it compiles)"})
     # checkpoints and fault tolerance
-    output_dir: str | None = field(default=None, metadata={"help": "run directory (default results/<run-name>); it holds one run"})
-    run_name: str | None = field(default=None, metadata={"help": "run name (default <preset>-<dataset>[-<data dir name>]-seed<seed>)"})
-    resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint directory"})
-    overwrite: bool = field(default=False, metadata={"switch": True, "help": "replace the run already in --output-dir "
-                                                      "(deletes its checkpoints and best model) instead of refusing"})
+    output_dir: str | None = field(default=None, metadata={"help": "run directory; it holds one run (default: results/<run-name>)"})
+    run_name: str | None = field(default=None, metadata={"help": "run name (default: <preset>-<dataset>[-<data dir name>]-seed<seed>)"})
+    resume: str | None = field(default=None, metadata={"help": "'latest' (the newest complete checkpoint of --output-dir) or a checkpoint directory (default: start fresh)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the run already in --output-dir (deletes its checkpoints and "
+                                                      "best model) instead of refusing"})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "also checkpoint every N optimizer steps (0 = per epoch only)"})
     keep_checkpoints: int = field(default=3, metadata={"help": "how many recent checkpoints to keep (0 = all; the best model is kept apart)"})
     nan_policy: str = field(default="stop", metadata={"help": "on a non-finite loss/grad: stop | skip"})
     max_bad_steps: int = field(default=10, metadata={"help": "with --nan-policy skip: give up after this many bad steps (0 = at the first)"})
     # tracking
-    report_to: str = field(default="none", metadata={"help": "trackers: wandb | tensorboard | all | none"})
+    report_to: str = field(default="none", metadata={"help": "experiment trackers: wandb | tensorboard | all | none (wandb needs `wandb login` or WANDB_MODE=offline; TensorBoard logs go to <run>/tensorboard)"})
     select_metric: str = field(default="accuracy", metadata={"help": "validation metric that picks the best model and drives the "
                                                             "plateau scheduler: accuracy (the AffectNet protocol) | balanced_accuracy | macro_f1"})
     baseline_accuracy: float | None = field(default=None, metadata={"help": "reference accuracy in %% logged beside ours (default: the "
                                                                      f"published AffectNet-8 figure {PUBLISHED_AFFECTNET8_BEST}, or "
                                                                      f"AffectNet-7 {PUBLISHED_AFFECTNET7_BEST} with --classes 7)"})
-    preset: str | None = field(default=None, metadata={"help": "tiny | cpu | b4 (explicit flags override it)"})
+    preset: str | None = field(default=None, metadata={"help": "tiny | cpu | b4, see the table below; explicit flags override it (default: cpu for the synthetic set or a machine without a GPU, b4 for real data on a GPU)"})
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or Path("results") / self.resolved_run_name())
@@ -248,38 +254,55 @@ def choose_preset(dataset: str) -> tuple[str, str]:
     return "b4", f"{dataset} on a GPU"
 
 
-def parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+# What decides a prepared data cache: `emotion-prepare` takes these flags (and --preset); training takes them all.
+DATA_FIELDS = ("dataset", "data_dir", "data_seed", "synthetic_train", "synthetic_val", "cache_dir", "num_proc",
+               "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "drop_unknown_classes",
+               "classes", "label_order", "rafdb_images", "detect_faces", "image_size", "preset")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field; defaults stay None so presets can tell what the user set."""
+def show_value(value: Any) -> str:
+    """A setting as --help prints it: on / off for switches, the value otherwise."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One --flag per TrainConfig field (`only`: these fields); defaults stay None so presets can tell what the user set.
+
+    Switches are --x / --no-x. Each default is printed once: the field's own, unless its help already words it.
+    """
     for f in fields(TrainConfig):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         valid = RANGES.get(f.name)
-        help_text = f"{f.metadata.get('help', '')} ({valid.describe() + '; ' if valid else ''}default: {f.default})"
-        if f.metadata.get("switch"):
-            parser.add_argument(flag, action="store_const", const=True, default=None, help=f.metadata["help"])
-        elif f.type in ("bool", "bool | None"):
-            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL", help=help_text)
+        help_text = f.metadata.get("help", "")
+        notes = [valid.describe()] if valid else []
+        if "default" not in help_text and f.default is not None:
+            notes.append(f"default: {show_value(f.default)}")
+        if notes:
+            help_text += f" ({'; '.join(notes)})"
+        if f.type in ("bool", "bool | None"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = valid or {"int": int, "int | None": int, "float": float, "float | None": float}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=None, help=help_text)
-    parser.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False,
-                        help="train the backbone from scratch (no hub download)")
-    parser.add_argument("--no-attention", dest="attention", action="store_const", const=False,
-                        help="disable channel + spatial attention")
 
 
 def config_from_args(args: argparse.Namespace, choose: bool = False) -> TrainConfig:
     """Defaults <- preset (<- its real-data overrides) <- explicit flags.
 
     With `choose`, a run without --preset gets one picked from the data set and the machine, said in one line.
+    Every process of a multi-process launch checks the same flags here, before any of them starts work: a bad
+    value is said once, by the main process, and every process exits 2.
     """
+    try:
+        return _config_from_args(args, choose)
+    except EmotionError as err:
+        err.quiet = os.environ.get("RANK", "0") != "0"
+        raise
+
+
+def _config_from_args(args: argparse.Namespace, choose: bool) -> TrainConfig:
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     preset = given.get("preset")
     if preset is None and choose:
@@ -296,6 +319,9 @@ def config_from_args(args: argparse.Namespace, choose: bool = False) -> TrainCon
     values.update(given)
     config = TrainConfig(**values)
     validate(config)
+    if config.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator():
+        raise EmotionError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU (gloo) processes; "
+                           "drop --sync-bn, or pick a batch-independent backbone (e.g. GroupNorm) for CPU DDP")
     return config
 
 
@@ -319,7 +345,7 @@ def validate(config: TrainConfig) -> None:
         raise EmotionError(f"unknown --label-mode {config.label_mode!r}: choose majority or soft")
     if config.label_mode != "majority" and config.dataset != "ferplus":
         raise EmotionError(f"--label-mode {config.label_mode} needs --dataset ferplus (got {config.dataset}): "
-                           "use --soft-labels true for affectnet_plus")
+                           "use --soft-labels for affectnet_plus")
     if config.subset not in ("easy", "challenging", "difficult", "all"):
         raise EmotionError(f"unknown --subset {config.subset!r}: choose easy, challenging, difficult or all")
     if config.overwrite and config.resume:

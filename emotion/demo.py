@@ -21,6 +21,7 @@ from emotion.errors import EmotionError
 from emotion.faces import BackgroundDetector, FaceResult, ListedBoxes, Predictor, process_frame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,12 +110,21 @@ class _VideoSink:
 
 
 class _ImageSink:
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.frames = folder, 0
+    """Annotated photos: one PNG per photo in a folder, or, for a single photo, the image file `--output` names."""
+
+    def __init__(self, output: Path, source: str) -> None:
+        self.frames = 0
+        if output.suffix.lower() not in IMAGE_SUFFIXES:
+            self.folder, self.file_name = output, None
+        elif Path(source).is_file():
+            self.folder, self.file_name = output.parent, output.name
+        else:
+            raise EmotionError(f"--output {output} names one image, but {source} holds several photos: "
+                               "give a folder (e.g. annotated/)")
 
     def write(self, name: str, frame: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / (Path(name.replace(":", "_")).stem + ".png")
+        final = self.folder / (self.file_name or Path(name.replace(":", "_")).stem + ".png")
         if not cv2.imwrite(str(_partial(final)), frame):
             raise EmotionError(f"cannot write {final}: is the folder writable?")
         os.replace(_partial(final), final)
@@ -263,8 +273,11 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
         leave_cores_free(1)  # the detector's core
         background = BackgroundDetector(predictor.detector)
     sink = None
+    if output and not stream and Path(output).suffix.lower() in VIDEO_SUFFIXES:
+        raise EmotionError(f"--output {output} names a video, but {source} is a photo source: give a folder "
+                           "(annotated/) or, for one photo, an image file (annotated.png)")
     if output:
-        sink = _VideoSink(Path(output), frames.fps) if stream else _ImageSink(Path(output))
+        sink = _VideoSink(Path(output), frames.fps) if stream else _ImageSink(Path(output), source)
     log = _JsonLinesSink(Path(json_path)) if json_path else None
     table = _FramesCsvSink(Path(frames_csv), predictor.class_names) if frames_csv else None
     summary = FaceSummary(predictor.class_names)

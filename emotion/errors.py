@@ -10,6 +10,7 @@ class EmotionError(Exception):
     """Bad input or an unusable resource; the message names the thing and what to do."""
 
     exit_code = 2
+    quiet = False  # said already by another process of the same launch: exit without a second copy of the line
 
 
 def cli_main(func: Callable[[], int | None]) -> Callable[[], int]:
@@ -20,7 +21,8 @@ def cli_main(func: Callable[[], int | None]) -> Callable[[], int]:
         try:
             return func(*args, **kwargs) or 0
         except EmotionError as err:
-            print(f"error: {err}", file=sys.stderr)
+            if not err.quiet:
+                print(f"error: {err}", file=sys.stderr)
             return err.exit_code
 
     return wrapper

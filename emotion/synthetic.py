@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
+from emotion.config import DEFAULT_CACHE_DIR
 from emotion.labels import CLASS_LISTS, CLASS_NAMES, FACE_REGIONS, NUM_CLASSES
 
 if TYPE_CHECKING:  # imported lazily: rendering faces does not need `datasets`
@@ -40,7 +41,6 @@ GENERATOR_VERSION = 1
 SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1}
 _PREVIEW_SPLIT_ID = 2
 
-DEFAULT_CACHE_DIR = Path("~/.cache/emotion/synthetic")
 
 # ---------------------------------------------------------------------------------------------
 # Expressions: facial-action deltas at intensity 1.0 (face-local units: 1.0 = half the face
@@ -594,7 +594,7 @@ def load_synthetic(num_train: int, num_val: int, image_size: int = 96, seed: int
     Features: image (PNG via ``datasets.Image``), label (``ClassLabel(names=CLASS_NAMES)``), regions
     (the facial regions the expression changed), intensity (float32, 0 for neutral) and id
     ('synthetic/train/000123'). Labels are balanced: sample i has label ``i % classes`` (8, or 7 without contempt). The cache lives
-    under ``cache_dir`` (default ``~/.cache/emotion/synthetic``) in a folder keyed by every argument
+    under ``<cache_dir>/synthetic`` (``cache_dir`` as training's --cache-dir, default ``~/.cache/emotion``) in a folder keyed by every argument
     that changes the data and by the generator's source: the same call reuses it, any other builds
     its own. ``num_proc`` only parallelises the build; the images do not depend on it.
     """
@@ -604,7 +604,7 @@ def load_synthetic(num_train: int, num_val: int, image_size: int = 96, seed: int
         raise ValueError("num_train and num_val must be >= 0")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser() / "synthetic"
     code = _source_hash()
     key = f"synthetic_px{image_size}_seed{seed}_train{num_train}_val{num_val}" + \
         ("" if classes == NUM_CLASSES else f"_classes{classes}") + f"_{code}"

@@ -60,10 +60,7 @@ def build_accelerator(config: TrainConfig, output_dir: Path):
 def sync_batchnorm(model: torch.nn.Module, config: TrainConfig, accelerator: Accelerator) -> torch.nn.Module:
     """--sync-bn: BatchNorm statistics over the global batch, so N processes x batch b normalise like one x N*b."""
     if not config.sync_bn or accelerator.num_processes == 1:
-        return model
-    if accelerator.device.type == "cpu":
-        raise EmotionError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU (gloo) processes; "
-                           "drop --sync-bn, or pick a batch-independent backbone (e.g. GroupNorm) for CPU DDP")
+        return model  # CPU processes were refused --sync-bn with the flags (config_from_args)
     # timm's converter keeps the fused activation of BatchNormAct2d, which torch's own would drop.
     return timm.layers.convert_sync_batchnorm(model)
 

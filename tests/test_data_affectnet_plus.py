@@ -95,7 +95,7 @@ def test_soft_target_loss_applies_class_weights():
 
 def test_train_and_eval_on_the_layout_with_soft_labels(release, tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_main(["--preset", "tiny", "--dataset", "affectnet_plus", "--data-dir", str(release), "--soft-labels", "true",
+    assert train_main(["--preset", "tiny", "--dataset", "affectnet_plus", "--data-dir", str(release), "--soft-labels",
                        "--no-pretrained", "--image-size", "32", "--batch-size", "24", "--output-dir", str(run),
                        "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out

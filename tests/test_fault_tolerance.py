@@ -138,6 +138,7 @@ def test_corrupt_checkpoint_fails_clearly_and_latest_falls_back(reference_run, t
     assert given.returncode == 2 and str(newest) in given.stderr and given.stderr.strip().count("\n") == 0
     latest = run_script(*train_args(run, cache_dir, "--resume", "latest"))
     assert "falling back" in latest.stderr and "resumed from" in latest.stdout and "step_16" in latest.stdout
+    assert latest.stderr.count("falling back") == 1 and "--resume latest" not in latest.stderr  # said once, no advice to do what it did
 
 
 def test_pruning_keeps_the_last_k_plus_best(reference_run):

@@ -79,7 +79,7 @@ def test_eval_detect_faces_crops_photos_and_skips_those_without_a_face(seven_cla
     save(Image.fromarray(data.astronaut()), photos / "train" / "happy" / "astronaut.png")
     save(Image.fromarray(data.astronaut()), photos / "val" / "happy" / "astronaut.png")
     save(Image.fromarray(np.full((200, 300, 3), 128, np.uint8)), photos / "val" / "neutral" / "wall.png")
-    assert eval_main(["--model", str(run / "best_model"), "--data-dir", str(photos), "--detect-faces", "true",
+    assert eval_main(["--model", str(run / "best_model"), "--data-dir", str(photos), "--detect-faces",
                       "--output-dir", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["num_samples"] == 1  # the wall has no face
 
@@ -95,7 +95,7 @@ def test_selection_line_names_an_imbalanced_validation_set_and_suggests_balanced
 @pytest.mark.parametrize("flags, expected", [
     (["--classes", "6"], "--classes 6 is not supported: choose 8 (AffectNet-8) or 7"),
     (["--select-metric", "f1"], "unknown --select-metric 'f1': choose accuracy, balanced_accuracy, macro_f1"),
-    (["--detect-faces", "true", "--dataset", "affectnet"], "--detect-faces needs a set of photos (--dataset imagefolder or rafdb)"),
+    (["--detect-faces", "--dataset", "affectnet"], "--detect-faces needs a set of photos (--dataset imagefolder or rafdb)"),
     (["--rafdb-images", "original"], "--rafdb-images needs --dataset rafdb (got imagefolder)"),
 ])
 def test_protocol_flags_refused_in_one_line(flags, expected, tmp_path, capsys):

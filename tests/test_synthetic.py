@@ -122,6 +122,7 @@ def test_same_seed_same_pixels_different_seed_different(dd, tmp_path):
 
 def test_cache_is_reused_and_keyed_by_arguments(tmp_path, monkeypatch):
     first = load_synthetic(N, 8, image_size=SIZE, seed=3, cache_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]  # the same tree under --cache-dir as under the default
     keys = {p.name for p in tmp_path.iterdir()}
     assert len(keys) == 1
     assert list(tmp_path.rglob("*.arrow"))  # a real Arrow cache on disk

@@ -63,7 +63,7 @@ def _read_classes(folder: Path, split: str, drop_unknown: bool, order: dict[int,
         if label is None:
             if not drop_unknown:
                 raise EmotionError(f"class folder {class_dir} maps to none of {', '.join(CLASS_NAMES)}: rename it to one "
-                                   f"of them (or an alias) or pass --drop-unknown-classes true")
+                                   f"of them (or an alias) or pass --drop-unknown-classes")
             for path in files:
                 excluded.add(f"unknown_class_{class_dir.name}", str(path))
             continue

@@ -26,13 +26,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from emotion.config import DEFAULT_CACHE_DIR
 from emotion.errors import EmotionError
 from emotion.faces.detect import NoCrop, build_detector, crop_face, crop_region
 from emotion.labels import CLASS_LISTS, NUM_CLASSES
 
 # Bump when decoding, cropping, encoding or the columns change: old caches then stop matching.
 PREPARE_VERSION = 2
-DEFAULT_CACHE_DIR = Path("~/.cache/emotion")
 EXAMPLES_PER_REASON = 5
 # JPEG q95 keeps a full AffectNet cache at 224 px about 4x smaller than PNG at no visible cost.
 JPEG_QUALITY = 95
