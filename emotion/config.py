@@ -351,7 +351,7 @@ def validate(config: TrainConfig) -> None:
     if config.overwrite and config.resume:
         raise EmotionError("--overwrite starts the run again and --resume continues it: pass one of them")
     if config.classes not in CLASS_COUNTS:
-        raise EmotionError(f"--classes {config.classes} is not supported: choose 8 (AffectNet-8) or 7 (AffectNet-7, no contempt)")
+        raise EmotionError(f"--classes {config.classes} is not supported: use 8 (AffectNet-8) or 7 (AffectNet-7, no contempt)")
     if config.label_order is not None:
         if config.dataset != "imagefolder":
             raise EmotionError(f"--label-order needs --dataset imagefolder (got {config.dataset}): drop --label-order")

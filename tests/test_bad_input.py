@@ -98,7 +98,7 @@ def test_every_numeric_flag_refuses_zero_negative_and_absurd_values(script, work
 def test_type_errors_and_backbone_limits_are_one_line(workspace, capsys):
     argv = base_argv("train_accelerate.py", workspace)
     assert_refused(cli.train_main, [*argv, "--batch-size", "eight"], "--batch-size", workspace, capsys)
-    assert_refused(cli.train_main, [*argv, "--soft-labels", "maybe"], "--soft-labels", workspace, capsys)
+    assert_refused(cli.train_main, [*argv, "--soft-labels=maybe"], "--soft-labels", workspace, capsys)
     assert_refused(cli.train_main, [*argv, "--image-size", "8"], "--image-size", workspace, capsys)  # below one grid cell
     assert_refused(cli.train_main, [*argv, "--output-stride", "12"], "--output-stride", workspace, capsys)
     assert_refused(cli.train_main, [*argv, "--backbone", "efficientnet_b99"], "--backbone", workspace, capsys)

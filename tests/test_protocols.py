@@ -93,8 +93,7 @@ def test_selection_line_names_an_imbalanced_validation_set_and_suggests_balanced
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--classes", "6"], "--classes 6 is not supported: choose 8 (AffectNet-8) or 7"),
-    (["--select-metric", "f1"], "unknown --select-metric 'f1': choose accuracy, balanced_accuracy, macro_f1"),
+    (["--classes", "6"], "--classes 6 is not supported: use 8 (AffectNet-8) or 7"),
     (["--detect-faces", "--dataset", "affectnet"], "--detect-faces needs a set of photos (--dataset imagefolder or rafdb)"),
     (["--rafdb-images", "original"], "--rafdb-images needs --dataset rafdb (got imagefolder)"),
 ])
@@ -102,3 +101,10 @@ def test_protocol_flags_refused_in_one_line(flags, expected, tmp_path, capsys):
     code = prepare_main(["--dataset", "imagefolder", "--data-dir", str(tmp_path), *flags])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and expected in err
+
+
+def test_unknown_select_metric_is_refused_in_one_line(tmp_path, capsys):
+    code = train_main(["--preset", "tiny", "--select-metric", "f1", "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "unknown --select-metric 'f1': choose accuracy, balanced_accuracy, macro_f1" in err
+    assert not (tmp_path / "run").exists()
