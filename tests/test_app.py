@@ -186,13 +186,3 @@ def test_photo_upload_and_webcam_in_a_real_browser(tiny_run, astronaut_png, tmp_
     print(f"\nupload-to-result latency {latency:.2f} s, webcam Record-to-label {webcam_latency:.2f} s; "
           f"screenshots {shots / 'app_photo.png'}, {shots / 'app_webcam.png'}")
 
-
-def _fake_camera_video(path: Path, frames: int = 10) -> Path:
-    """A Y4M clip of the astronaut for Chromium's fake camera (planar 4:2:0, as OpenCV's I420 conversion lays it out)."""
-    frame = cv2.resize(data.astronaut()[:, :, ::-1], (320, 320))
-    with open(path, "wb") as handle:
-        handle.write(b"YUV4MPEG2 W320 H320 F10:1 Ip A1:1 C420jpeg\n")
-        for _ in range(frames):
-            handle.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
-    return path
-
