@@ -6,8 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from emotion.config import (DATA_FIELDS, DATASETS, PRESETS, REAL_DATA_OVERRIDES, Range, TrainConfig, add_config_arguments,
-                            check_inputs, config_from_args, number, show_value)
+from emotion.config import (DATA_FIELDS, DATASETS, DEFAULT_CACHE_DIR, PRESETS, REAL_DATA_OVERRIDES, Range, TrainConfig,
+                            add_config_arguments, check_inputs, config_from_args, number, show_value)
 from emotion.errors import EmotionError, cli_main
 
 
@@ -194,7 +194,7 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the preset's)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: one per core; 1 is far faster on a machine shared with other jobs)")
-    parser.add_argument("--cache-dir", default=None, help="where Arrow caches live, as in training (default: ~/.cache/emotion)")
+    parser.add_argument("--cache-dir", default=None, help=f"where Arrow caches live, as in training (default: {DEFAULT_CACHE_DIR})")
     parser.add_argument("--output", default=None, help="JSON path (default: results/bench/<device>-<preset>-<precision>.json)")
     return parser
 
