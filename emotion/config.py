@@ -25,7 +25,7 @@ LABEL_MODES = ("majority", "soft")
 # Keys that define a run: resuming with any of them changed would silently train a different model.
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "backbone_width", "image_size",
                      "output_stride", "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps",
-                     "seed", "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight",
+                     "seed", "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight", "attention_loss_weight",
                      "classes", "label_order", "rafdb_images", "detect_faces", "select_metric")
 OUTPUT_STRIDES = (8, 16, 32)  # what timm's dilated backbones accept
 SEED_MAX = 2**32 - 1  # numpy's seed range
@@ -118,6 +118,9 @@ class TrainConfig:
     aux_loss_weight: float = field(default=0.5, metadata={"help": "weight of the training-only auxiliary classifier on the "
                                                               "pooled backbone features (0 = none); it keeps early training "
                                                               "from stalling at chance"})
+    attention_loss_weight: float = field(default=0.5, metadata={"help": "weight of the training-only classifier on the "
+                                                                    "spatial attention map (0 = none); it makes the map "
+                                                                    "look where expressions differ, what explanations name"})
     # optimisation
     epochs: int = field(default=30, metadata={"help": "training epochs"})
     batch_size: int = field(default=32, metadata={"help": "batch size per process"})
@@ -206,7 +209,7 @@ RANGES: dict[str, Range] = {
     "face_margin": number(0, 2), "val_fraction": number(0, 1, low_open=True, high_open=True),
     "backbone_width": number(0, 8, low_open=True), "image_size": Range(32, 2048), "output_stride": Range(8, 32),
     "proj_dim": Range(0, 65536), "lstm_hidden": Range(1, 65536), "lstm_layers": Range(1, 64),
-    "dropout": number(0, 1, high_open=True), "aux_loss_weight": number(0, 100),
+    "dropout": number(0, 1, high_open=True), "aux_loss_weight": number(0, 100), "attention_loss_weight": number(0, 100),
     "epochs": Range(1, 100_000), "batch_size": Range(1, 65536), "lr": number(0, 10, low_open=True),
     "weight_decay": number(0, 10), "label_smoothing": number(0, 1, high_open=True), "max_grad_norm": number(0, 1e6),
     "grad_accum_steps": Range(1, 65536), "warmup_steps": Range(0, 10**9), "lr_patience": Range(0, 10**6),

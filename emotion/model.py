@@ -76,6 +76,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         std: Sequence[float] | None = None,
         attention_prior: Sequence[Sequence[float]] | None = None,
         aux_head: bool = False,
+        attention_head: bool = False,
         backbone_width: float = 1.0,
         face_margin: float | None = None,
     ) -> None:
@@ -93,7 +94,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             dropout=dropout, attention=attention,
             mean=list(mean or data_config.get("mean", (0.485, 0.456, 0.406))),
             std=list(std or data_config.get("std", (0.229, 0.224, 0.225))),
-            attention_prior=attention_prior, aux_head=aux_head, backbone_width=backbone_width,
+            attention_prior=attention_prior, aux_head=aux_head, attention_head=attention_head, backbone_width=backbone_width,
             face_margin=face_margin,  # the crop rule's margin of the training faces, which the face pipeline applies too
         )
         channels = self.backbone.num_features
@@ -106,6 +107,10 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         # Training-only classifier on the pooled backbone features (deep supervision): it gives the backbone a direct
         # gradient while the attention and the Bi-LSTM still pass almost nothing back, the start where runs stalled.
         self.aux_head = nn.Linear(channels, num_classes) if aux_head else None
+        # Training-only classifier on the attention map itself: the map must tell the expressions apart, so it moves to
+        # the cells where faces differ from one another (what the explanations name) instead of wherever it settles.
+        self.attention_grid = -(-image_size // output_stride)  # the backbone's last feature map, cells per side
+        self.attention_head = nn.Linear(self.attention_grid ** 2, num_classes) if attention_head and attention else None
 
     @property
     def mean(self) -> list[float]:
@@ -142,9 +147,10 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         self.backbone.load_state_dict(source.state_dict())
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, return_aux: bool = False):
-        """Logits; with `return_attention` also the (B, H, W) spatial map; with `return_aux` also the auxiliary logits."""
+        """Logits; with `return_attention` also the (B, H, W) spatial map; with `return_aux` also the training-only
+        logits (pooled-feature head, attention-map head), each None when the model has no such head."""
         features = self.backbone.forward_features(x)  # (B, C, H, W)
-        aux = self.aux_head(features.mean(dim=(2, 3))) if return_aux and self.aux_head is not None else None
+        pooled_logits = self.aux_head(features.mean(dim=(2, 3))) if return_aux and self.aux_head is not None else None
         features = self.channel_attention(features)
         b, _, h, w = features.shape
         if self.spatial_attention is not None:
@@ -155,6 +161,11 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         self.lstm.flatten_parameters()  # one contiguous weight chunk (DDP / cuDNN)
         sequence, _ = self.lstm(tokens)
         logits = self.head(self.dropout(sequence.mean(dim=1)))
+        attention_logits = None
+        if return_aux and self.attention_head is not None:
+            log_map = attention.float().clamp_min(1e-12).log().unsqueeze(1)  # float: a half-precision 1e-12 is 0
+            attention_logits = self.attention_head(nn.functional.adaptive_avg_pool2d(log_map, self.attention_grid).flatten(1))
+        aux = (pooled_logits, attention_logits)
         outputs = (logits,) + ((attention,) if return_attention else ()) + ((aux,) if return_aux else ())
         return outputs if len(outputs) > 1 else logits
 
@@ -165,7 +176,7 @@ def build_model(config) -> EmotionNet:
     model = EmotionNet(
         backbone=config.backbone, num_classes=len(class_names), class_names=class_names, image_size=config.image_size, output_stride=config.output_stride,
         proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden, lstm_layers=config.lstm_layers,
-        dropout=config.dropout, attention=config.attention, aux_head=config.aux_loss_weight > 0,
+        dropout=config.dropout, attention=config.attention, aux_head=config.aux_loss_weight > 0, attention_head=config.attention_loss_weight > 0,
         backbone_width=config.backbone_width, face_margin=config.face_margin,
     )
     if config.use_pretrained() or config.pretrained_path:

@@ -22,8 +22,9 @@ def make_accelerator(**kwargs) -> Accelerator:
 def share_cpu_cores(accelerator, num_workers: int) -> None:
     """On CPU, leave a core per DataLoader worker: oversubscribed OpenMP threads spin and slow training several-fold.
 
-    Measured on 2 cores (cpu preset, 96 px): 2 threads + 1 worker 120 img/s, 1 thread + 1 worker 167 img/s.
-    An explicit OMP_NUM_THREADS wins.
+    Measured on 2 cores (cpu preset, 96 px): 2 threads + 1 worker 120 img/s, 1 thread + 1 worker 167 img/s. Not a
+    rule for every model: the real-face cpu recipe (FER+, 64 px, 2x width, batch 32) trains at 75 img/s with 1 thread
+    and at 94 img/s with OMP_NUM_THREADS=2 (docs/learning.md). An explicit OMP_NUM_THREADS wins.
     """
     if accelerator.device.type == "cpu":
         leave_cores_free(num_workers, processes=accelerator.num_processes)

@@ -229,12 +229,11 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
             with accelerator.accumulate(model):
                 if config.nan_policy == "skip" and window_batches == 0:  # what a skipped step restores
                     good_stats = [buffer.detach().clone() for buffer in running_stats]
-                if config.aux_loss_weight > 0:
-                    logits, aux_logits = model(batch["pixel_values"], return_aux=True)
-                    loss = criterion(logits, batch) + config.aux_loss_weight * criterion(aux_logits, batch)
-                else:
-                    logits = model(batch["pixel_values"])
-                    loss = criterion(logits, batch)
+                logits, aux_logits = model(batch["pixel_values"], return_aux=True)
+                loss = criterion(logits, batch)
+                for weight, head_logits in zip((config.aux_loss_weight, config.attention_loss_weight), aux_logits):
+                    if head_logits is not None:
+                        loss = loss + weight * criterion(head_logits, batch)
                 window_correct += float((logits.detach().argmax(dim=1) == batch["labels"]).sum())
                 window_bad |= not bool(torch.isfinite(loss.detach()))
                 window_loss += loss.detach().float()

@@ -96,6 +96,8 @@ def commands(text: str) -> list[list[str]]:
 
 def entry_point(words: list[str]) -> tuple[str, list[str]]:
     """('train', [flags]) for `python train_accelerate.py ...`, `emotion-train ...`, `accelerate launch ... X.py ...`."""
+    while len(words) > 1 and re.match(r"^[A-Z_]+=\S*$", words[0]):  # OMP_NUM_THREADS=2 python ...: the environment
+        words = words[1:]
     if words[0] == "accelerate" and words[1] == "launch":
         script = next(i for i, w in enumerate(words) if w.endswith(".py"))
         return SCRIPTS[words[script]], words[script + 1:]

@@ -84,6 +84,13 @@ def test_signal_saves_interrupted_state_and_resume_finishes(signum, code, tmp_pa
         assert complete_checkpoints(run)[-1].name == "epoch_3"  # interrupted/ is older now: latest skips it
 
 
+def poison(out):
+    """NaN in every tensor of a forward's output (logits, attention, the auxiliary heads' logits or None)."""
+    if isinstance(out, tuple):
+        return tuple(poison(o) for o in out)
+    return None if out is None else out * float("nan")
+
+
 @pytest.fixture
 def nan_at_step(monkeypatch):
     """Make the model's training forward pass return NaN at optimizer step N of a new run (no gradient accumulation)."""
@@ -97,7 +104,7 @@ def nan_at_step(monkeypatch):
             if self.training:
                 calls.append(1)
                 if len(calls) == step:
-                    return tuple(o * float("nan") for o in out) if isinstance(out, tuple) else out * float("nan")
+                    return poison(out)
             return out
 
         monkeypatch.setattr(EmotionNet, "forward", poisoned)
@@ -280,8 +287,9 @@ CHAOS_KILLS = ["time"] * 5 + ["after-commit"] * 3 + ["write", "set-aside", "comm
 def chaos_kill(rng: random.Random, kind: str, latest_step: int, replacements: list[int], run_seconds: float) -> dict:
     """Where to kill the next run. Random instants scale with how long a whole run takes here. No kill may wait for
     what will not come: a set-aside needs a best-model replacement ahead (`replacements`: the steps whose epoch end
-    replaces it), and within the last three steps only a kill before the next checkpoint (write) is drawn."""
-    if latest_step >= CHAOS_STEPS - 3 or (kind == "set-aside" and max(replacements) <= latest_step):
+    replaces it), and within the last three steps only a kill at the next checkpoint (write, or commit: every step
+    still renames one in) is drawn."""
+    if (latest_step >= CHAOS_STEPS - 3 and kind != "commit") or (kind == "set-aside" and max(replacements) <= latest_step):
         kind = "write"
     if kind == "time":
         return {"after_seconds": rng.uniform(0.0, 0.15) * run_seconds}

@@ -115,6 +115,29 @@ def test_seeds_benchmark_tabulates_every_seed(tmp_path):
     assert "| 3 | 1 |" in result.stdout and "| 4 | 1 |" in result.stdout
 
 
+def test_seeds_benchmark_tests_the_selected_model_at_each_stop(tmp_path):
+    """--test-after 1,2: one run stopped after epoch 1 and 2, each stop tested on the FER+ test split (a miniature)."""
+    from data_fakes import make_ferplus
+
+    root, _ = make_ferplus(tmp_path / "ferplus")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--preset", "tiny", "--seeds", "3",
+                             "--dataset", "ferplus", "--data-dir", str(root), "--test-after", "1,2",
+                             "--output-root", str(tmp_path / "runs"), "--", "--cache-dir", str(tmp_path / "cache"), "--no-pretrained"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "runs" / "seeds.json").read_text())["rows"]
+    assert [(r["seed"], r["epochs"]) for r in rows] == [(3, 1), (3, 2)]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    assert 0 < rows[0]["train_minutes"] < rows[1]["train_minutes"] and rows[0]["minutes"] < rows[1]["minutes"]
+    run = tmp_path / "runs" / "seed3"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # resumed, not restarted
+    assert (run / "eval-test-epoch1" / "report.json").is_file() and (run / "eval-test-epoch2" / "report.json").is_file()
+    assert "| 3 | 1 |" in result.stdout and "| 3 | 2 |" in result.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--test-after", "6,3"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "must increase" in bad.stderr
+
+
 def test_parse_seeds():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from seeds import parse_seeds

@@ -78,17 +78,32 @@ def test_unreachable_hub_is_one_clear_line():
     assert "--no-pretrained" in message and "--pretrained-path" in message and "\n" not in message
 
 
-def test_aux_head_is_training_only_and_saved(tmp_path):
-    model = tiny(aux_head=True, output_stride=16)
-    logits, attention, aux = model(torch.randn(3, 3, 64, 64), return_attention=True, return_aux=True)
-    assert logits.shape == aux.shape == (3, 8) and attention.shape == (3, 4, 4)
-    assert not torch.allclose(logits, aux)
+def test_aux_heads_are_training_only_and_saved(tmp_path):
+    model = tiny(aux_head=True, attention_head=True, output_stride=16, image_size=64)
+    logits, attention, (pooled, on_attention) = model(torch.randn(3, 3, 64, 64), return_attention=True, return_aux=True)
+    assert logits.shape == pooled.shape == on_attention.shape == (3, 8) and attention.shape == (3, 4, 4)
+    assert not torch.allclose(logits, pooled) and not torch.allclose(logits, on_attention)
     plain = model(torch.randn(3, 3, 64, 64))
     assert isinstance(plain, torch.Tensor) and plain.shape == (3, 8)  # inference and export see only the logits
     model.save_pretrained(tmp_path)
     again = load_model(tmp_path)
-    assert again.aux_head is not None and again.config["aux_head"] is True
+    assert again.aux_head is not None and again.config["aux_head"] is True and again.config["attention_head"] is True
     assert torch.equal(again.aux_head.weight, model.aux_head.weight)
+    assert torch.equal(again.attention_head.weight, model.attention_head.weight)
+    assert tiny(output_stride=16)(torch.randn(1, 3, 64, 64), return_aux=True)[1] == (None, None)
+
+
+def test_the_attention_head_reads_only_the_map_and_trains_the_attention():
+    """Its loss reaches the spatial attention's convolution, and its logits are a function of the (log) map alone."""
+    torch.manual_seed(0)
+    model = tiny(attention_head=True, output_stride=16, image_size=64)
+    _, attention, (_, on_attention) = model(torch.randn(4, 3, 64, 64), return_attention=True, return_aux=True)
+    expected = model.attention_head(attention.clamp_min(1e-12).log().flatten(1))
+    assert torch.allclose(on_attention, expected, atol=1e-5)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(on_attention, torch.tensor([0, 1, 2, 3])).backward()
+    assert model.spatial_attention.conv.weight.grad.abs().sum() > 0
+    assert model.head.weight.grad is None  # the main classifier is not on this path
 
 
 def test_backbone_width_multiplies_the_channels_and_travels_in_the_config(tmp_path):
@@ -99,6 +114,7 @@ def test_backbone_width_multiplies_the_channels_and_travels_in_the_config(tmp_pa
 
 
 def test_build_model_follows_the_recipe_fields():
-    config = TrainConfig(**{**PRESETS["tiny"], "aux_loss_weight": 0.0, "backbone_width": 2.0})
+    config = TrainConfig(**{**PRESETS["tiny"], "aux_loss_weight": 0.0, "attention_loss_weight": 0.0, "backbone_width": 2.0})
     model = build_model(config)
-    assert model.aux_head is None and model.config["backbone_width"] == 2.0
+    assert model.aux_head is None and model.attention_head is None and model.config["backbone_width"] == 2.0
+    assert build_model(TrainConfig(**PRESETS["tiny"])).attention_head is not None  # on by default
