@@ -63,7 +63,7 @@ def one_seed(seed: int, options: argparse.Namespace, extra: list[str]) -> list[d
         train_args += ["--data-dir", options.data_dir]
     rows, minutes = [], 0.0
     for stage, epochs in enumerate(options.test_after or [None]):
-        # A later stage resumes the same run: a resumed run trains exactly as an uninterrupted one (tests/test_resume.py).
+        # A later stage resumes the same run: a resumed run trains exactly as an uninterrupted one (tests/test_fault_tolerance.py).
         stage_args = train_args + (["--overwrite"] if stage == 0 else ["--resume", "latest"])
         stage_args += ["--epochs", str(epochs)] if epochs else []
         started = time.perf_counter()
@@ -82,10 +82,11 @@ def test_row(seed: int, out: Path, minutes: float) -> dict:
            "final_val_accuracy": history[-1]["val_accuracy"], "final_train_accuracy": history[-1].get("train_accuracy"),
            "test_accuracy": None, "train_minutes": sum(r.get("epoch_seconds", 0.0) for r in history) / 60,
            "minutes": minutes, "output_dir": str(out)}
+    report_dir = out / f"eval-test-epoch{len(history)}"
     evaluated = run([str(ROOT / "eval_accelerate.py"), "--model", str(out / "best_model"), "--split", "test",
-                     "--output-dir", str(out / f"eval-test-epoch{len(history)}")])
+                     "--output-dir", str(report_dir)])
     if evaluated.returncode == 0:
-        report = json.loads((out / f"eval-test-epoch{len(history)}" / "report.json").read_text())
+        report = json.loads((report_dir / "report.json").read_text())
         row.update(test_accuracy=report["accuracy"], test_balanced_accuracy=report["balanced_accuracy"])
     elif "has no test split" not in evaluated.stderr:  # a data set without one is normal; any other failure is kept
         row["test_error"] = (evaluated.stderr.strip().splitlines() or ["?"])[-1]

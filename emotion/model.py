@@ -81,6 +81,9 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         face_margin: float | None = None,
     ) -> None:
         super().__init__()
+        attention_head = attention_head and attention  # the head reads the spatial map: none without attention
+        if isinstance(self._hub_mixin_config, dict):  # what save_pretrained writes as config.json
+            self._hub_mixin_config["attention_head"] = attention_head
         backbone_kwargs = backbone_options(output_stride, backbone_width)
         try:
             self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="", **backbone_kwargs)
@@ -110,7 +113,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         # Training-only classifier on the attention map itself: the map must tell the expressions apart, so it moves to
         # the cells where faces differ from one another (what the explanations name) instead of wherever it settles.
         self.attention_grid = -(-image_size // output_stride)  # the backbone's last feature map, cells per side
-        self.attention_head = nn.Linear(self.attention_grid ** 2, num_classes) if attention_head and attention else None
+        self.attention_head = nn.Linear(self.attention_grid ** 2, num_classes) if attention_head else None
 
     @property
     def mean(self) -> list[float]:

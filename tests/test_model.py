@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import timm
 import torch
@@ -118,3 +120,10 @@ def test_build_model_follows_the_recipe_fields():
     model = build_model(config)
     assert model.aux_head is None and model.attention_head is None and model.config["backbone_width"] == 2.0
     assert build_model(TrainConfig(**PRESETS["tiny"])).attention_head is not None  # on by default
+
+
+def test_no_attention_leaves_no_attention_head_in_the_saved_config(tmp_path):
+    model = EmotionNet(backbone="test_efficientnet", image_size=32, attention=False, attention_head=True)
+    model.save_pretrained(tmp_path)
+    assert model.attention_head is None
+    assert json.loads((tmp_path / "config.json").read_text())["attention_head"] is False
