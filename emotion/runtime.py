@@ -19,15 +19,16 @@ def make_accelerator(**kwargs) -> Accelerator:
     return Accelerator(**kwargs)
 
 
-def share_cpu_cores(accelerator, num_workers: int) -> None:
-    """On CPU, leave a core per DataLoader worker: oversubscribed OpenMP threads spin and slow training several-fold.
+def share_cpu_cores(accelerator, loader_cores: int) -> None:
+    """On CPU, leave `loader_cores` to the DataLoader workers: oversubscribed OpenMP threads spin and slow training.
 
-    Measured on 2 cores (cpu preset, 96 px): 2 threads + 1 worker 120 img/s, 1 thread + 1 worker 167 img/s. Not a
-    rule for every model: the real-face cpu recipe (FER+, 64 px, 2x width, batch 32) trains at 75 img/s with 1 thread
-    and at 94 img/s with OMP_NUM_THREADS=2 (docs/learning.md). An explicit OMP_NUM_THREADS wins.
+    Measured on 2 cores (cpu preset, 96 px): 2 threads + 1 worker 120 img/s, 1 thread + 1 worker 167 img/s. A light
+    loader needs no core of its own: the real-face cpu recipe (FER+, 64 px, 2x width, batch 32, one worker) trains at
+    75 img/s with 1 thread and at 94 img/s with 2 (docs/learning.md), so it sets --loader-cores 0. An explicit
+    OMP_NUM_THREADS wins.
     """
     if accelerator.device.type == "cpu":
-        leave_cores_free(num_workers, processes=accelerator.num_processes)
+        leave_cores_free(loader_cores, processes=accelerator.num_processes)
 
 
 def leave_cores_free(count: int, processes: int = 1) -> None:

@@ -87,7 +87,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     checkpoint.accept_run(output_dir, config)  # before anything is built, loaded or written
     accelerator = build_accelerator(config, output_dir)
     set_seed(config.seed)
-    share_cpu_cores(accelerator, config.num_workers)
+    share_cpu_cores(accelerator, config.num_workers if config.loader_cores is None else config.loader_cores)
 
     # Data: the main process builds the Arrow cache first, the others reuse it.
     with accelerator.main_process_first():

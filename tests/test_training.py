@@ -141,3 +141,23 @@ def test_nan_skip_under_fp16_keeps_the_grad_scaler_and_batchnorm_statistics(tmp_
     assert np.isfinite(record["val_loss"]) and record["global_step"] == 6
     weights = load_file(run / "best_model" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_cpu_threads_take_the_cores_the_loader_does_not_need(monkeypatch):
+    from emotion import runtime
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        runtime.leave_cores_free(1)
+        assert torch.get_num_threads() == 3
+        runtime.leave_cores_free(0)  # --loader-cores 0: a light loader leaves every core to PyTorch
+        assert torch.get_num_threads() == 4
+        runtime.leave_cores_free(2, processes=2)
+        assert torch.get_num_threads() == 1  # never below one thread
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        runtime.leave_cores_free(0)
+        assert torch.get_num_threads() == 1  # the user's OMP_NUM_THREADS wins: left as it was
+    finally:
+        torch.set_num_threads(before)
