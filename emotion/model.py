@@ -82,8 +82,6 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
     ) -> None:
         super().__init__()
         attention_head = attention_head and attention  # the head reads the spatial map: none without attention
-        if isinstance(self._hub_mixin_config, dict):  # what save_pretrained writes as config.json
-            self._hub_mixin_config["attention_head"] = attention_head
         backbone_kwargs = backbone_options(output_stride, backbone_width)
         try:
             self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="", **backbone_kwargs)
@@ -100,6 +98,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             attention_prior=attention_prior, aux_head=aux_head, attention_head=attention_head, backbone_width=backbone_width,
             face_margin=face_margin,  # the crop rule's margin of the training faces, which the face pipeline applies too
         )
+        self.set_config("attention_head", attention_head)  # config.json too, which holds the arguments as given
         channels = self.backbone.num_features
         self.channel_attention = ChannelAttention(channels) if attention else nn.Identity()
         self.spatial_attention = SpatialAttention() if attention else None
@@ -130,9 +129,13 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
     def set_attention_prior(self, prior: Sequence[Sequence[float]] | None) -> None:
         """Keep the mean spatial attention on neutral faces (H x W) in config.json: explanations read lifts against it."""
         prior = None if prior is None else [[round(float(v), 6) for v in row] for row in prior]
-        self.config["attention_prior"] = prior
-        if isinstance(self._hub_mixin_config, dict):  # what save_pretrained writes as config.json
-            self._hub_mixin_config["attention_prior"] = prior
+        self.set_config("attention_prior", prior)
+
+    def set_config(self, key: str, value) -> None:
+        """One setting in the model's config and in what save_pretrained writes as config.json."""
+        self.config[key] = value
+        if isinstance(self._hub_mixin_config, dict):
+            self._hub_mixin_config[key] = value
 
     def load_backbone_weights(self, path: str | None = None) -> None:
         """Pretrained backbone weights from the hub, or from a local file when `path` is given."""
