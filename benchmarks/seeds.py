@@ -1,9 +1,9 @@
 """Train one preset over several seeds and tabulate how reliably it learns.
 
     python benchmarks/seeds.py --preset cpu --seeds 0-9
-    python benchmarks/seeds.py --preset cpu --seeds 0,1,2 --dataset ferplus --data-dir /data/FERPlus --no-pretrained
+    python benchmarks/seeds.py --preset cpu --seeds 0,1,2 --dataset ferplus --data-dir /data/FERPlus -- --no-pretrained
     python benchmarks/seeds.py --preset cpu --seeds 2-4 -- --epochs 3      # anything after -- goes to every training run
-    python benchmarks/seeds.py --preset cpu --seeds 0 --dataset ferplus --data-dir /data/FERPlus --test-after 3,6,12 -- --no-pretrained
+    python benchmarks/seeds.py --preset cpu --seeds 0 --dataset ferplus --data-dir /data/FERPlus --test-after 3,6,12 -- --no-pretrained --lr-schedule plateau
 
 Each seed is a full `train_accelerate.py` run (only --seed differs: the data stay fixed by --data-seed; a run already
 in its folder is replaced, so every row is measured now), then
@@ -108,6 +108,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_config(options: argparse.Namespace, extra: list[str]):
+    """The configuration every seed's run resolves to (preset, data set, the flags after --)."""
+    from emotion.cli import train_parser
+    from emotion.config import config_from_args
+
+    args = ["--preset", options.preset, "--dataset", options.dataset, *extra]
+    return config_from_args(train_parser().parse_args(args + (["--data-dir", options.data_dir] if options.data_dir else [])))
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seeds.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", help="training preset (default: cpu)")
@@ -127,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     options = parser().parse_args(argv)
+    if options.test_after and run_config(options, extra).lr_schedule == "cosine":
+        # Each stop would end its own cosine and the resumed run would stretch it: not the run that --epochs N makes.
+        parser().error("--test-after stops and resumes the run with a new --epochs, which reshapes the cosine lr schedule: "
+                       "add -- --lr-schedule plateau, or run once per budget (-- --epochs N)")
     rows = []
     for seed in options.seeds:
         seed_rows = one_seed(seed, options, extra)

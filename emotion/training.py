@@ -37,6 +37,8 @@ STALL_CHECK_EPOCH = 2
 STALL_MARGIN = 1.25
 # A validation set whose largest class has this many times the images of its smallest is called imbalanced.
 IMBALANCE_RATIO = 3.0
+# --lr-schedule cosine ends at this share of --lr, not 0: the last steps still learn.
+COSINE_FLOOR = 0.01
 
 
 class TrainingDiverged(EmotionError):
@@ -102,7 +104,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     weights = class_weights(counts, config.class_weights)
     accelerator.print("train counts: " + ", ".join(f"{n}={c}" for n, c in zip(class_names, counts)))
     accelerator.print(f"class weights ({config.class_weights}): " + ", ".join(f"{n}={w:.3f}" for n, w in zip(class_names, weights)))
-    accelerator.print(selection_line(class_counts(splits["validation"]), config.select_metric))
+    accelerator.print(selection_line(class_counts(splits["validation"]), config.select_metric, config.lr_schedule))
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=accelerator.device.type == "cuda")  # one kernel for all parameters
@@ -156,8 +158,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                                           state, stop, skip_steps, steps_per_epoch, output_dir, resumed_from)
             predictions = predict(model, val_loader, accelerator)
             metrics = compute_metrics(predictions.labels, predictions.predicted, class_names)
-            epoch_lr = optimizer.param_groups[0]["lr"]  # the lr this epoch trained with, before the scheduler moves it
-            scheduler.step(metrics[config.select_metric])
+            epoch_lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step, before the plateau moves it
+            if config.lr_schedule == "plateau":
+                scheduler.step(metrics[config.select_metric])
             record = {
                 "epoch": epoch + 1, "global_step": state["global_step"], "train_loss": train_loss,
                 "train_accuracy": state["epoch_correct"] / max(state["epoch_seen"], 1.0),
@@ -255,7 +258,7 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
                         handle_bad_step(accelerator, optimizer, config, state, step_loss, grad_norm, window_indices, output_dir)
                         undo_bad_step(accelerator, running_stats, good_stats)
                     else:
-                        set_warmup_lr(optimizer, config, state["global_step"])
+                        set_step_lr(optimizer, config, state["global_step"], steps_per_epoch * config.epochs)
                         optimizer.step()
                         state["epoch_loss_sum"] += step_loss
                         state["epoch_loss_steps"] += 1
@@ -282,10 +285,19 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
     return state["epoch_loss_sum"] / max(state["epoch_loss_steps"], 1), images, seconds
 
 
-def set_warmup_lr(optimizer, config: TrainConfig, global_step: int) -> None:
-    """Linear warm-up from lr/10 to lr over --warmup-steps optimizer steps; afterwards the plateau scheduler owns the lr."""
+def scheduled_lr(config: TrainConfig, global_step: int, total_steps: int) -> float | None:
+    """The lr of this optimizer step where a rule sets it (warm-up, cosine); None leaves it to the plateau scheduler."""
     if global_step < config.warmup_steps:
-        lr = config.lr * (0.1 + 0.9 * (global_step + 1) / config.warmup_steps)
+        return config.lr * (0.1 + 0.9 * (global_step + 1) / config.warmup_steps)
+    if config.lr_schedule != "cosine":
+        return None
+    progress = min(1.0, (global_step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    return config.lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_step_lr(optimizer, config: TrainConfig, global_step: int, total_steps: int) -> None:
+    lr = scheduled_lr(config, global_step, total_steps)
+    if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -322,10 +334,11 @@ def undo_bad_step(accelerator, running_stats: list[torch.Tensor], good_stats: li
         accelerator.scaler.update()
 
 
-def selection_line(counts: np.ndarray, select_metric: str) -> str:
+def selection_line(counts: np.ndarray, select_metric: str, lr_schedule: str = "plateau") -> str:
     """The start-up line saying what picks the best model; on an imbalanced validation set it says so too, and with
     plain accuracy it suggests balanced accuracy."""
-    line = f"model selection: validation {select_metric} picks the best model and drives the lr schedule"
+    drives = "drives the lr schedule" if lr_schedule == "plateau" else "the lr follows a cosine over --epochs"
+    line = f"model selection: validation {select_metric} picks the best model and {drives}"
     present = counts[counts > 0]
     if len(present) > 1 and present.max() >= IMBALANCE_RATIO * present.min():
         line += f"; the validation set is imbalanced ({present.max()} vs {present.min()} images per class)"

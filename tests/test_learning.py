@@ -14,6 +14,7 @@ from conftest import ROOT, run_script
 from emotion.config import PRESETS, REAL_DATA_OVERRIDES, TrainConfig, config_from_args
 from emotion.data import load_splits
 from emotion.cli import train_parser
+from emotion.training import scheduled_lr
 
 # Four classes told apart by the height of a bright band (a mirror keeps it): learnable in a few epochs by any working recipe.
 BAND_CLASSES = ("neutral", "happy", "sad", "surprise")
@@ -57,6 +58,28 @@ def test_metrics_hold_train_accuracy_attention_diagnostics_and_the_epoch_lr(tiny
         assert 0.0 < record["val_attention_entropy"] <= 1.0 + 1e-6
         assert 0.0 <= record["val_attention_corner_share"] <= 1.0
     assert history[0]["lr"] == pytest.approx(config.lr)  # the lr epoch 1 trained with, not the next epoch's
+
+
+def test_cosine_schedule_warms_up_then_falls_to_a_hundredth_of_the_lr():
+    config = TrainConfig(lr=1e-3, lr_schedule="cosine", warmup_steps=10)
+    lrs = [scheduled_lr(config, step, total_steps=110) for step in range(110)]
+    assert lrs[0] == pytest.approx(1e-4 + 9e-5) and lrs[9] == pytest.approx(1e-3)  # linear warm-up from lr/10
+    assert lrs[10] == pytest.approx(1e-3) and lrs[60] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))
+    assert 1e-5 < lrs[-1] < 1.1e-5
+    assert scheduled_lr(TrainConfig(lr=1e-3), 50, total_steps=110) is None  # after warm-up the plateau scheduler owns it
+
+
+def test_a_cosine_run_lowers_the_lr_every_epoch_and_ignores_the_plateau(tmp_path):
+    out = tmp_path / "run"
+    run_script("train_accelerate.py", "--preset", "tiny", "--epochs", "3", "--lr-schedule", "cosine", "--lr-patience", "0",
+               "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"))
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["global_step"]
+    config = TrainConfig.load(out / "config.json")
+    # the lr of each epoch's last step, read off the schedule: a plateau halving (patience 0) would show beside it
+    assert lrs == [pytest.approx(scheduled_lr(config, steps * e // 3 - 1, steps)) for e in (1, 2, 3)]
+    assert lrs[0] > lrs[1] > lrs[2] and lrs[2] < 0.05 * config.lr
 
 
 def test_a_run_still_at_chance_after_epoch_two_says_so_and_keeps_training(tmp_path):
@@ -143,3 +166,11 @@ def test_parse_seeds():
     from seeds import parse_seeds
 
     assert parse_seeds("0-3,42") == [0, 1, 2, 3, 42]
+
+
+def test_seeds_benchmark_refuses_to_stop_and_resume_a_cosine_schedule(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--preset", "tiny", "--seeds", "0",
+                             "--test-after", "1,2", "--output-root", str(tmp_path), "--", "--lr-schedule", "cosine"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and "--lr-schedule plateau" in result.stderr.splitlines()[-1]
+    assert not any(tmp_path.iterdir())  # refused before any run started
