@@ -383,7 +383,7 @@ def validate(config: TrainConfig) -> None:
     if config.select_metric not in SELECT_METRICS:
         raise EmotionError(f"unknown --select-metric {config.select_metric!r}: choose {', '.join(SELECT_METRICS)}")
     if config.lr_schedule not in LR_SCHEDULES:
-        raise EmotionError(f"unknown --lr-schedule {config.lr_schedule!r}: choose plateau or cosine")
+        raise EmotionError(f"unknown --lr-schedule {config.lr_schedule!r}: choose {' or '.join(LR_SCHEDULES)}")
     if config.nan_policy not in ("stop", "skip"):
         raise EmotionError(f"unknown --nan-policy {config.nan_policy!r}: choose stop or skip")
     if config.report_to not in ("wandb", "tensorboard", "all", "none"):

@@ -296,6 +296,7 @@ def scheduled_lr(config: TrainConfig, global_step: int, total_steps: int) -> flo
 
 
 def set_step_lr(optimizer, config: TrainConfig, global_step: int, total_steps: int) -> None:
+    """Write this step's scheduled lr into every parameter group; between rules the plateau scheduler's lr stays."""
     lr = scheduled_lr(config, global_step, total_steps)
     if lr is not None:
         for group in optimizer.param_groups:

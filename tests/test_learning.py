@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import ROOT, run_script
 from emotion.config import PRESETS, REAL_DATA_OVERRIDES, TrainConfig, config_from_args
 from emotion.data import load_splits
-from emotion.cli import train_parser
+from emotion.cli import train_main, train_parser
 from emotion.training import scheduled_lr
 
 # Four classes told apart by the height of a bright band (a mirror keeps it): learnable in a few epochs by any working recipe.
@@ -68,6 +68,13 @@ def test_cosine_schedule_warms_up_then_falls_to_a_hundredth_of_the_lr():
     assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))
     assert 1e-5 < lrs[-1] < 1.1e-5
     assert scheduled_lr(TrainConfig(lr=1e-3), 50, total_steps=110) is None  # after warm-up the plateau scheduler owns it
+
+
+def test_unknown_lr_schedule_is_refused_in_one_line(tmp_path, capsys):
+    code = train_main(["--preset", "tiny", "--lr-schedule", "step", "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "unknown --lr-schedule 'step': choose plateau or cosine" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_cosine_run_lowers_the_lr_every_epoch_and_ignores_the_plateau(tmp_path):
