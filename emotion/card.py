@@ -53,7 +53,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """A JSON file's content ({} when absent); a damaged one is named in one line."""
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         raise EmotionError(f"{path} is damaged ({type(err).__name__}): copy it again or retrain") from None
 
 

@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from emotion.config import (DATA_FIELDS, DATASETS, DEFAULT_CACHE_DIR, PRESETS, REAL_DATA_OVERRIDES, Range, TrainConfig,
+from emotion.config import (DATA_FIELDS, DATASETS, DEFAULT_CACHE_DIR, PRESETS, RANGES, REAL_DATA_OVERRIDES, Range, TrainConfig,
                             add_config_arguments, check_inputs, config_from_args, number, show_value)
 from emotion.errors import EmotionError, cli_main
 
@@ -21,7 +21,9 @@ class Parser(argparse.ArgumentParser):
 def add_number(parser: argparse.ArgumentParser, flag: str, valid: Range, default, help: str) -> None:
     """A numeric flag checked by its range as it is parsed; the range shows in --help."""
     shown = "" if default is None or "default" in help else f"; default: {default}"
-    parser.add_argument(flag, type=valid, default=default, help=f"{help} ({valid.describe()}{shown})")
+    text, _, note = help.rpartition(" (") if help.endswith(")") else (help, "", "")
+    note = f"; {note[:-1]}" if note else ""  # the help's own parenthesis joins the range's: one pair, range first
+    parser.add_argument(flag, type=valid, default=default, help=f"{text} ({valid.describe()}{shown}{note})")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -71,9 +73,11 @@ def presets_help(only: tuple[str, ...] | None = None) -> str:
             columns[f"{name} (real data)"] = {**values, **REAL_DATA_OVERRIDES[name]}
     keys = [f.name for f in TrainConfig.__dataclass_fields__.values()
             if any(f.name in values for values in columns.values()) and (only is None or f.name in only)]
-    rows = [["flag", *columns]] + [[f"--{k.replace('_', '-')}",
-                                    *(show_value(v.get(k, getattr(TrainConfig, k))) for v in columns.values())]
-                                   for k in keys]
+    def cell(values: dict, key: str) -> str:
+        plateau_only = key in ("lr_patience", "lr_factor") and values.get("lr_schedule") == "cosine"
+        return "unused" if plateau_only else show_value(values.get(key, getattr(TrainConfig, key)))
+
+    rows = [["flag", *columns]] + [[f"--{k.replace('_', '-')}", *(cell(v, k) for v in columns.values())] for k in keys]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join([
@@ -152,7 +156,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    from emotion.export import OPSET, TOLERANCE
+    from emotion.export import OPSET, OPSET_MAX, OPSET_MIN, TOLERANCE
 
     parser = parser_for(
         "emotion-export",
@@ -161,9 +165,9 @@ def export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
+    add_number(parser, "--opset", Range(OPSET_MIN, OPSET_MAX), OPSET, "ONNX opset version")
     parser.add_argument("--output-dir", default=None, help="where model.onnx, config.json and README.md go (default: the model folder)")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest max |ONNX Runtime - PyTorch| accepted in fp32")
+    add_number(parser, "--tolerance", number(0, 1, low_open=True), TOLERANCE, "largest max |ONNX Runtime - PyTorch| accepted in fp32")
     return parser
 
 
@@ -179,21 +183,21 @@ def bench_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", default=defaults.preset, help="model and batch settings from a training preset")
     parser.add_argument("--backbone", default=None, help="timm backbone (default: the preset's)")
-    parser.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the preset's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the preset's)")
+    add_number(parser, "--image-size", RANGES["image_size"], None, "input side in pixels (default: the preset's)")
+    add_number(parser, "--batch-size", RANGES["batch_size"], None, "training batch size (default: the preset's)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision, help="autocast precision (fp16 needs CUDA)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
                         help="channels-last memory format for both models (the training flag of the same name)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile, help="torch.compile both models (warm-up steps absorb the compile)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="steps per timed window")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed windows; the fastest counts")
-    parser.add_argument("--latency-runs", type=int, default=defaults.latency_runs, help="batch-1 forwards; the median counts")
+    add_number(parser, "--steps", Range(1, 10**6), defaults.steps, "steps per timed window")
+    add_number(parser, "--warmup", Range(0, 10**6), defaults.warmup, "untimed steps first")
+    add_number(parser, "--repeats", Range(1, 10**4), defaults.repeats, "timed windows; the fastest counts")
+    add_number(parser, "--latency-runs", Range(1, 10**6), defaults.latency_runs, "batch-1 forwards; the median counts")
     parser.add_argument("--data-dir", default=None, help="a prepared dataset directory (datasets save_to_disk) for the loader test (default: synthetic faces)")
-    parser.add_argument("--loader-samples", type=int, default=defaults.loader_samples, help="images per loader pass")
-    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the preset's)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: one per core; 1 is far faster on a machine shared with other jobs)")
+    add_number(parser, "--loader-samples", Range(1, 10**7), defaults.loader_samples, "images per loader pass")
+    add_number(parser, "--num-workers", RANGES["num_workers"], None, "DataLoader workers (default: the preset's)")
+    add_number(parser, "--threads", Range(1, 1024), None,
+               "CPU threads for torch (default: one per core; 1 is far faster on a machine shared with other jobs)")
     parser.add_argument("--cache-dir", default=None, help=f"where Arrow caches live, as in training (default: {DEFAULT_CACHE_DIR})")
     parser.add_argument("--output", default=None, help="JSON path (default: results/bench/<device>-<preset>-<precision>.json)")
     return parser

@@ -17,12 +17,14 @@ import torch
 from torch import nn
 
 from emotion import card
+from emotion.checkpoint import find_saved_model
 from emotion.errors import EmotionError
 from emotion.faces.predict import ONNX_INPUT as INPUT_NAME, ONNX_OUTPUTS as OUTPUT_NAMES, OnnxRunner
 from emotion.model import EmotionNet, load_model
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
+OPSET_MIN, OPSET_MAX = 7, 23  # the opsets torch.onnx writes (torch 2.9+); the exporter may still refuse one for an op
 TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 3)  # two sizes, so the dynamic batch axis is checked too
 # Files a saved model folder may hold; only these go to the Hub.
@@ -137,7 +139,7 @@ def compare_runtimes(preset: str, batch_size: int = 8, seconds: float = 5.0, thr
 
 def hub_files(model_dir: Path) -> list[str]:
     """The files of a model folder that belong on the Hub (weights, configs, card, ONNX), card written if missing."""
-    model_dir = Path(model_dir)
+    model_dir = find_saved_model(Path(model_dir))
     if not (model_dir / "config.json").is_file():
         raise EmotionError(f"{model_dir} is not a saved model (no config.json): pass a best_model/ or export folder")
     if not (model_dir / card.CARD).is_file():
@@ -150,6 +152,7 @@ def push_to_hub(model_dir: Path, repo_id: str, private: bool = False, token: str
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
+    model_dir = find_saved_model(Path(model_dir))  # a kill mid-replacement leaves the complete previous version
     files = hub_files(model_dir)
     api = HfApi(token=token)
     try:

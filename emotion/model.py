@@ -202,20 +202,16 @@ def speed_up(model: nn.Module, channels_last: bool = False, compile: bool = Fals
 
 def load_model(path) -> EmotionNet:
     """A saved model directory (config.json + model.safetensors), with a one-line error when it is not one or is damaged."""
-    import json
     from pathlib import Path
 
+    from emotion.card import read_json
     from emotion.checkpoint import find_saved_model
 
     directory = find_saved_model(Path(path))  # a kill mid-replacement leaves the previous version beside it
     if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
         raise EmotionError(f"{directory} is not a saved model (needs config.json and model.safetensors): "
                            "train one with `python train_accelerate.py` and pass its best_model/ directory")
-    try:
-        json.loads((directory / "config.json").read_text())
-    except (ValueError, OSError) as err:
-        raise EmotionError(f"{directory / 'config.json'} is damaged ({type(err).__name__}): copy the saved model "
-                           "again or retrain") from None
+    read_json(directory / "config.json")  # a damaged one is named before the hub mixin's own error
     check_weights_file(directory / "model.safetensors", "the saved model")
     try:
         return EmotionNet.from_pretrained(str(directory))

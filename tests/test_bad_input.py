@@ -20,6 +20,8 @@ SCRIPTS = {
     "train_accelerate.py": (cli.train_parser, cli.train_main, "emotion.training", "train"),
     "eval_accelerate.py": (cli.eval_parser, cli.eval_main, "emotion.evaluation", "evaluate_saved_model"),
     "webcam_demo.py": (cli.demo_parser, cli.demo_main, "emotion.demo", "run"),
+    "emotion-export": (cli.export_parser, cli.export_main, "emotion.export", "export_onnx"),
+    "emotion-bench": (cli.bench_parser, cli.bench_main, "emotion.bench", "run_benchmark"),
 }
 
 
@@ -58,6 +60,8 @@ def base_argv(script: str, workspace: Path) -> list[str]:
         "eval_accelerate.py": ["--model", str(workspace / "model"), "--output-dir", str(out)],
         "webcam_demo.py": ["--model", str(workspace / "model"), "--source", str(workspace / "face.png"), "--no-display",
                            "--output", str(out), "--json", str(workspace / "records.jsonl")],
+        "emotion-export": ["--model", str(workspace / "model"), "--output-dir", str(out)],
+        "emotion-bench": ["--preset", "tiny", "--output", str(out / "bench.json")],
     }[script]
 
 
@@ -163,7 +167,7 @@ def test_every_file_argument_refuses_missing_empty_and_truncated_files(workspace
     (run / "config.json").write_text('{"dataset": "synth')
     onnx_config = damaged_copies(workspace, onnx_dir, "config.json")["truncated"] / "model.onnx"
 
-    train, evaluate, demo = (base_argv(s, workspace) for s in SCRIPTS)
+    train, evaluate, demo = (base_argv(s, workspace) for s in ("train_accelerate.py", "eval_accelerate.py", "webcam_demo.py"))
     cases = [
         (cli.train_main, train, "--pretrained-path", workspace / "none.safetensors"),
         (cli.train_main, train, "--pretrained-path", workspace / "empty.file"),

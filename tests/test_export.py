@@ -1,6 +1,7 @@
 """ONNX export with its parity check, the model card in every best_model/ and export, and the Hub push (offline)."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,6 +15,8 @@ from emotion.config import PRESETS, TrainConfig
 from emotion.faces import OnnxRunner
 from emotion.labels import CLASS_NAMES
 from emotion.model import build_model, load_model
+
+FIXTURE_MODEL = Path(__file__).parent / "fixtures" / "cpu_model"
 
 
 def test_export_writes_onnx_config_metrics_and_card(tiny_onnx):
@@ -89,3 +92,13 @@ def test_push_uploads_the_model_files_and_nothing_else(tiny_onnx, tmp_path, monk
     assert upload["repo_id"] == "someone/emotion-tiny" and upload["folder_path"] == str(folder)
     assert upload["allow_patterns"] == ["README.md", "config.json", "metrics.json", "model.onnx"]
     assert "someone/emotion-tiny" in capsys.readouterr().out
+
+
+def test_push_after_a_kill_mid_replacement_uploads_the_kept_previous_model(tmp_path, monkeypatch):
+    previous = shutil.copytree(FIXTURE_MODEL, tmp_path / "best_model.previous")  # best_model/ itself is gone
+    calls = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.setdefault("upload", kw) and "https://hub/commit/1")
+    assert push_main(["--model", str(tmp_path / "best_model"), "--repo-id", "someone/emotion-cpu"]) == 0
+    assert calls["upload"]["folder_path"] == str(previous)
+    assert {"config.json", "model.safetensors", "README.md"} <= set(calls["upload"]["allow_patterns"])
