@@ -73,11 +73,11 @@ def presets_help(only: tuple[str, ...] | None = None) -> str:
             columns[f"{name} (real data)"] = {**values, **REAL_DATA_OVERRIDES[name]}
     keys = [f.name for f in TrainConfig.__dataclass_fields__.values()
             if any(f.name in values for values in columns.values()) and (only is None or f.name in only)]
-    def cell(values: dict, key: str) -> str:
+    def preset_value(values: dict, key: str) -> str:
         plateau_only = key in ("lr_patience", "lr_factor") and values.get("lr_schedule") == "cosine"
         return "unused" if plateau_only else show_value(values.get(key, getattr(TrainConfig, key)))
 
-    rows = [["flag", *columns]] + [[f"--{k.replace('_', '-')}", *(cell(v, k) for v in columns.values())] for k in keys]
+    rows = [["flag", *columns]] + [[f"--{k.replace('_', '-')}", *(preset_value(v, k) for v in columns.values())] for k in keys]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join([
