@@ -230,11 +230,11 @@ def push_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def push_main(argv: list[str] | None = None) -> int:
-    from emotion.export import hub_files, push_to_hub
+    from emotion.export import push_to_hub
 
     args = push_parser().parse_args(argv)
-    url = push_to_hub(Path(args.model), args.repo_id, private=args.private, token=args.token)
-    print(f"uploaded {', '.join(hub_files(Path(args.model)))} to {args.repo_id}: {url}")
+    url, files = push_to_hub(Path(args.model), args.repo_id, private=args.private, token=args.token)
+    print(f"uploaded {', '.join(files)} to {args.repo_id}: {url}")
     return 0
 
 

@@ -139,7 +139,7 @@ def compare_runtimes(preset: str, batch_size: int = 8, seconds: float = 5.0, thr
 
 def hub_files(model_dir: Path) -> list[str]:
     """The files of a model folder that belong on the Hub (weights, configs, card, ONNX), card written if missing."""
-    model_dir = find_saved_model(Path(model_dir))
+    model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise EmotionError(f"{model_dir} is not a saved model (no config.json): pass a best_model/ or export folder")
     if not (model_dir / card.CARD).is_file():
@@ -147,8 +147,8 @@ def hub_files(model_dir: Path) -> list[str]:
     return [name for name in MODEL_FILES if (model_dir / name).is_file()]
 
 
-def push_to_hub(model_dir: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload the model folder's files to a Hub model repo (created if missing); returns the commit URL."""
+def push_to_hub(model_dir: Path, repo_id: str, private: bool = False, token: str | None = None) -> tuple[str, list[str]]:
+    """Upload the model folder's files to a Hub model repo (created if missing); returns the commit URL and the files."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
@@ -171,4 +171,4 @@ def push_to_hub(model_dir: Path, repo_id: str, private: bool = False, token: str
     except (HTTPError, OSError) as err:  # no answer at all
         raise EmotionError(f"cannot push: huggingface.co is unreachable ({type(err).__name__}); check the network "
                            "connection (or proxy) and run again") from None
-    return str(getattr(commit, "commit_url", commit))
+    return str(getattr(commit, "commit_url", commit)), files
