@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     options = parser().parse_args(argv)
-    if options.test_after and run_config(options, extra).lr_schedule == "cosine":
-        # Each stop would end its own cosine and the resumed run would stretch it: not the run that --epochs N makes.
-        parser().error("--test-after stops and resumes the run with a new --epochs, which reshapes the cosine lr schedule: "
+    if options.test_after and run_config(options, extra).lr_schedule != "plateau":
+        # Each stop would end its own decay and the resumed run would stretch it: not the run that --epochs N makes.
+        parser().error("--test-after stops and resumes the run with a new --epochs, which reshapes the cosine or wsd lr schedule: "
                        "add -- --lr-schedule plateau, or run once per budget (-- --epochs N)")
     rows = []
     for seed in options.seeds:

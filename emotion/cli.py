@@ -74,8 +74,9 @@ def presets_help(only: tuple[str, ...] | None = None) -> str:
     keys = [f.name for f in TrainConfig.__dataclass_fields__.values()
             if any(f.name in values for values in columns.values()) and (only is None or f.name in only)]
     def preset_value(values: dict, key: str) -> str:
-        plateau_only = key in ("lr_patience", "lr_factor") and values.get("lr_schedule") == "cosine"
-        return "unused" if plateau_only else show_value(values.get(key, getattr(TrainConfig, key)))
+        schedule = values.get("lr_schedule", TrainConfig.lr_schedule)
+        unused = (key in ("lr_patience", "lr_factor") and schedule != "plateau") or (key == "decay_fraction" and schedule != "wsd")
+        return "unused" if unused else show_value(values.get(key, getattr(TrainConfig, key)))
 
     rows = [["flag", *columns]] + [[f"--{k.replace('_', '-')}", *(preset_value(v, k) for v in columns.values())] for k in keys]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -37,7 +37,7 @@ STALL_CHECK_EPOCH = 2
 STALL_MARGIN = 1.25
 # A validation set whose largest class has this many times the images of its smallest is called imbalanced.
 IMBALANCE_RATIO = 3.0
-# --lr-schedule cosine ends at this share of --lr, not 0: the last steps still learn.
+# --lr-schedule cosine and wsd end at this share of --lr, not 0: the last steps still learn.
 COSINE_FLOOR = 0.01
 
 
@@ -286,12 +286,16 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
 
 
 def scheduled_lr(config: TrainConfig, global_step: int, total_steps: int) -> float | None:
-    """The lr of this optimizer step where a rule sets it (warm-up, cosine); None leaves it to the plateau scheduler."""
+    """The lr of this optimizer step where a rule sets it (warm-up, cosine, wsd); None leaves it to the plateau scheduler."""
     if global_step < config.warmup_steps:
         return config.lr * (0.1 + 0.9 * (global_step + 1) / config.warmup_steps)
-    if config.lr_schedule != "cosine":
+    if config.lr_schedule == "plateau":
         return None
-    progress = min(1.0, (global_step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    # cosine falls over every step after the warm-up; wsd holds --lr, then falls over the last --decay-fraction of steps
+    decay_steps = total_steps - config.warmup_steps
+    if config.lr_schedule == "wsd":
+        decay_steps = round(config.decay_fraction * decay_steps)
+    progress = min(1.0, max(0.0, (global_step - (total_steps - decay_steps)) / max(1, decay_steps)))
     return config.lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -338,7 +342,8 @@ def undo_bad_step(accelerator, running_stats: list[torch.Tensor], good_stats: li
 def selection_line(counts: np.ndarray, select_metric: str, lr_schedule: str = "plateau") -> str:
     """The start-up line saying what picks the best model; on an imbalanced validation set it says so too, and with
     plain accuracy it suggests balanced accuracy."""
-    drives = "drives the lr schedule" if lr_schedule == "plateau" else "the lr follows a cosine over --epochs"
+    drives = {"plateau": "drives the lr schedule", "cosine": "the lr follows a cosine over --epochs",
+              "wsd": "the lr is held, then falls in the last epochs"}[lr_schedule]
     line = f"model selection: validation {select_metric} picks the best model and {drives}"
     present = counts[counts > 0]
     if len(present) > 1 and present.max() >= IMBALANCE_RATIO * present.min():

@@ -44,9 +44,9 @@ def test_train_help_ends_with_the_presets_table_and_says_each_default_once():
     assert header == ["flag", "tiny", "cpu", "cpu (real data)", "b4"]
     for column, values in {**PRESETS, "cpu (real data)": {**PRESETS["cpu"], **REAL_DATA_OVERRIDES["cpu"]}}.items():
         for key, value in values.items():
-            unused = key in ("lr_patience", "lr_factor") and values.get("lr_schedule") == "cosine"  # plateau-only
+            unused = key in ("lr_patience", "lr_factor") and values.get("lr_schedule", "plateau") != "plateau"  # plateau-only
             assert rows[f"--{key.replace('_', '-')}"][column] == ("unused" if unused else str(value)), (column, key)
-    assert rows["--lr-patience"]["cpu (real data)"] == "unused" and rows["--lr-patience"]["cpu"] == "1"
+    assert rows["--lr-schedule"]["cpu"] == "wsd" and rows["--lr-schedule"]["cpu (real data)"] == "cosine"
     assert text.rstrip().endswith(" ".join(table[-1]).split()[-1])  # the table is the end of the help
     assert "(default: None)" not in text
     for option in re.split(r"\n  (?=-)", text[:text.index("presets:")]):

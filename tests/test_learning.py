@@ -70,10 +70,22 @@ def test_cosine_schedule_warms_up_then_falls_to_a_hundredth_of_the_lr():
     assert scheduled_lr(TrainConfig(lr=1e-3), 50, total_steps=110) is None  # after warm-up the plateau scheduler owns it
 
 
+def test_wsd_schedule_holds_the_lr_then_falls_to_a_hundredth_over_the_last_fifth():
+    config = TrainConfig(lr=3e-3, lr_schedule="wsd", decay_fraction=0.2, warmup_steps=10)
+    lrs = [scheduled_lr(config, step, total_steps=110) for step in range(110)]
+    assert lrs[0] == pytest.approx(3e-4 + 2.7e-4) and lrs[9] == pytest.approx(3e-3)  # the same warm-up as the cosine
+    assert lrs[10:91] == [pytest.approx(3e-3)] * 81  # held until the last 20 of the 100 steps after warm-up
+    assert lrs[100] == pytest.approx(3e-3 * (0.01 + 0.99 * 0.5))  # half-way down the decay
+    assert all(a > b for a, b in zip(lrs[90:], lrs[91:]))
+    assert 3e-5 < lrs[-1] < 6e-5  # the last step is one twentieth of the decay above lr/100
+    assert [scheduled_lr(TrainConfig(lr=1e-3, lr_schedule="wsd", decay_fraction=1.0), s, 100) for s in range(100)] == \
+        [scheduled_lr(TrainConfig(lr=1e-3, lr_schedule="cosine"), s, 100) for s in range(100)]  # fraction 1 is the cosine
+
+
 def test_unknown_lr_schedule_is_refused_in_one_line(tmp_path, capsys):
     code = train_main(["--preset", "tiny", "--lr-schedule", "step", "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "unknown --lr-schedule 'step': choose plateau or cosine" in err
+    assert code == 2 and err.count("\n") == 1 and "unknown --lr-schedule 'step': choose plateau, cosine or wsd" in err
     assert not (tmp_path / "run").exists()
 
 

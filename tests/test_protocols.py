@@ -89,6 +89,8 @@ def test_selection_line_names_an_imbalanced_validation_set_and_suggests_balanced
         "model selection: validation accuracy picks the best model and drives the lr schedule"  # AffectNet: balanced
     assert selection_line(np.array([500] * 8), "accuracy", "cosine") == \
         "model selection: validation accuracy picks the best model and the lr follows a cosine over --epochs"
+    assert selection_line(np.array([500] * 8), "accuracy", "wsd") == \
+        "model selection: validation accuracy picks the best model and the lr is held, then falls in the last epochs"
     line = selection_line(np.array([1100, 900, 400, 400, 200, 20, 300, 5]), "accuracy")
     assert "imbalanced (1100 vs 5 images per class): accuracy mostly rewards the large classes, --select-metric " \
            "balanced_accuracy weighs every class alike" in line
