@@ -23,10 +23,12 @@ DEFAULT_CACHE_DIR = Path("~/.cache/emotion")
 DATASETS = ("synthetic", "imagefolder", "affectnet", "affectnet_plus", "ferplus", "rafdb", "fer2013")
 LABEL_MODES = ("majority", "soft")
 LR_SCHEDULES = ("plateau", "cosine", "wsd")
+ATTENTION_HEAD_INPUTS = ("log-map", "neutral-rise")
 # Keys that define a run: resuming with any of them changed would silently train a different model.
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "backbone_width", "image_size",
                      "output_stride", "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps",
                      "seed", "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight", "attention_loss_weight",
+                     "attention_head_input",
                      "classes", "label_order", "rafdb_images", "detect_faces", "select_metric")
 OUTPUT_STRIDES = (8, 16, 32)  # what timm's dilated backbones accept
 SEED_MAX = 2**32 - 1  # numpy's seed range
@@ -125,6 +127,10 @@ class TrainConfig:
     attention_loss_weight: float = field(default=0.5, metadata={"help": "weight of the training-only classifier on the "
                                                                     "spatial attention map (0 = none); it makes the map "
                                                                     "look where expressions differ, what explanations name"})
+    attention_head_input: str = field(default="log-map", metadata={"help": "what that classifier reads: log-map: the log of "
+                                                                      "the map | neutral-rise: only where the map rises over "
+                                                                      "the batch's neutral faces (a dip says nothing), the "
+                                                                      "rise the explanations read"})
     # optimisation
     epochs: int = field(default=30, metadata={"help": "training epochs"})
     batch_size: int = field(default=32, metadata={"help": "batch size per process"})
@@ -387,6 +393,8 @@ def validate(config: TrainConfig) -> None:
                            f"{config.dataset}: drop --detect-faces")
     if config.select_metric not in SELECT_METRICS:
         raise EmotionError(f"unknown --select-metric {config.select_metric!r}: choose {', '.join(SELECT_METRICS)}")
+    if config.attention_head_input not in ATTENTION_HEAD_INPUTS:
+        raise EmotionError(f"unknown --attention-head-input {config.attention_head_input!r}: choose {' or '.join(ATTENTION_HEAD_INPUTS)}")
     if config.lr_schedule not in LR_SCHEDULES:
         raise EmotionError(f"unknown --lr-schedule {config.lr_schedule!r}: choose {', '.join(LR_SCHEDULES[:-1])} or {LR_SCHEDULES[-1]}")
     if config.nan_policy not in ("stop", "skip"):

@@ -77,6 +77,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         attention_prior: Sequence[Sequence[float]] | None = None,
         aux_head: bool = False,
         attention_head: bool = False,
+        attention_head_input: str = "log-map",
         backbone_width: float = 1.0,
         face_margin: float | None = None,
     ) -> None:
@@ -95,7 +96,8 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             dropout=dropout, attention=attention,
             mean=list(mean or data_config.get("mean", (0.485, 0.456, 0.406))),
             std=list(std or data_config.get("std", (0.229, 0.224, 0.225))),
-            attention_prior=attention_prior, aux_head=aux_head, attention_head=attention_head, backbone_width=backbone_width,
+            attention_prior=attention_prior, aux_head=aux_head, attention_head=attention_head,
+            attention_head_input=attention_head_input, backbone_width=backbone_width,
             face_margin=face_margin,  # the crop rule's margin of the training faces, which the face pipeline applies too
         )
         self.set_config("attention_head", attention_head)  # config.json too, which holds the arguments as given
@@ -113,6 +115,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         # the cells where faces differ from one another (what the explanations name) instead of wherever it settles.
         self.attention_grid = -(-image_size // output_stride)  # the backbone's last feature map, cells per side
         self.attention_head = nn.Linear(self.attention_grid ** 2, num_classes) if attention_head else None
+        self.neutral_index = list(class_names).index("neutral") if "neutral" in class_names else None
 
     @property
     def mean(self) -> list[float]:
@@ -152,9 +155,11 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             ) from None
         self.backbone.load_state_dict(source.state_dict())
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, return_aux: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, return_aux: bool = False,
+                labels: torch.Tensor | None = None):
         """Logits; with `return_attention` also the (B, H, W) spatial map; with `return_aux` also the training-only
-        logits (pooled-feature head, attention-map head), each None when the model has no such head."""
+        logits (pooled-feature head, attention-map head), each None when the model has no such head. `labels`: the
+        batch's class indices, which tell the neutral-rise attention head which faces are neutral."""
         features = self.backbone.forward_features(x)  # (B, C, H, W)
         pooled_logits = self.aux_head(features.mean(dim=(2, 3))) if return_aux and self.aux_head is not None else None
         features = self.channel_attention(features)
@@ -169,11 +174,28 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         logits = self.head(self.dropout(sequence.mean(dim=1)))
         attention_logits = None
         if return_aux and self.attention_head is not None:
-            log_map = attention.float().clamp_min(1e-12).log().unsqueeze(1)  # float: a half-precision 1e-12 is 0
-            attention_logits = self.attention_head(nn.functional.adaptive_avg_pool2d(log_map, self.attention_grid).flatten(1))
+            if self.config["attention_head_input"] == "neutral-rise":
+                neutral = None if labels is None or self.neutral_index is None else labels == self.neutral_index
+                head_input = rise_over_neutral(attention.float(), neutral)
+            else:
+                head_input = attention.float().clamp_min(1e-12).log()  # float: a half-precision 1e-12 is 0
+            attention_logits = self.attention_head(
+                nn.functional.adaptive_avg_pool2d(head_input.unsqueeze(1), self.attention_grid).flatten(1))
         aux = (pooled_logits, attention_logits)
         outputs = (logits,) + ((attention,) if return_attention else ()) + ((aux,) if return_aux else ())
         return outputs if len(outputs) > 1 else logits
+
+
+def rise_over_neutral(attention: torch.Tensor, neutral: torch.Tensor | None) -> torch.Tensor:
+    """How far each (B, H, W) attention map rises over the batch's mean neutral-face map (log ratio), 0 where it does not.
+
+    The explanations name the regions whose attention rises over the neutral face; a classifier on this input can
+    tell expressions apart only by such rises, not by dips. `neutral`: (B,) mask of the neutral faces; without any,
+    the batch's mean map is the reference. The reference carries no gradient: it is the bar, not a target.
+    """
+    maps = attention.detach()
+    reference = maps[neutral] if neutral is not None and bool(neutral.any()) else maps
+    return (attention.clamp_min(1e-12).log() - reference.mean(dim=0, keepdim=True).clamp_min(1e-12).log()).relu()
 
 
 def build_model(config) -> EmotionNet:
@@ -183,7 +205,7 @@ def build_model(config) -> EmotionNet:
         backbone=config.backbone, num_classes=len(class_names), class_names=class_names, image_size=config.image_size, output_stride=config.output_stride,
         proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden, lstm_layers=config.lstm_layers,
         dropout=config.dropout, attention=config.attention, aux_head=config.aux_loss_weight > 0, attention_head=config.attention_loss_weight > 0,
-        backbone_width=config.backbone_width, face_margin=config.face_margin,
+        attention_head_input=config.attention_head_input, backbone_width=config.backbone_width, face_margin=config.face_margin,
     )
     if config.use_pretrained() or config.pretrained_path:
         model.load_backbone_weights(config.pretrained_path)

@@ -232,7 +232,7 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
             with accelerator.accumulate(model):
                 if config.nan_policy == "skip" and window_batches == 0:  # what a skipped step restores
                     good_stats = [buffer.detach().clone() for buffer in running_stats]
-                logits, aux_logits = model(batch["pixel_values"], return_aux=True)
+                logits, aux_logits = model(batch["pixel_values"], return_aux=True, labels=batch["labels"])
                 loss = criterion(logits, batch)
                 for weight, head_logits in zip((config.aux_loss_weight, config.attention_loss_weight), aux_logits):
                     if head_logits is not None:

@@ -89,6 +89,14 @@ def test_unknown_lr_schedule_is_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_unknown_attention_head_input_is_refused_in_one_line(tmp_path, capsys):
+    code = train_main(["--preset", "tiny", "--attention-head-input", "max", "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "unknown --attention-head-input 'max': choose log-map or neutral-rise" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_cosine_run_lowers_the_lr_every_epoch_and_ignores_the_plateau(tmp_path):
     out = tmp_path / "run"
     run_script("train_accelerate.py", "--preset", "tiny", "--epochs", "3", "--lr-schedule", "cosine", "--lr-patience", "0",

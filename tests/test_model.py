@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from emotion.config import PRESETS, TrainConfig
 from emotion.errors import EmotionError
-from emotion.model import EmotionNet, build_model, load_model
+from emotion.model import EmotionNet, build_model, load_model, rise_over_neutral
 
 
 def tiny(**overrides) -> EmotionNet:
@@ -106,6 +106,32 @@ def test_the_attention_head_reads_only_the_map_and_trains_the_attention():
     torch.nn.functional.cross_entropy(on_attention, torch.tensor([0, 1, 2, 3])).backward()
     assert model.spatial_attention.conv.weight.grad.abs().sum() > 0
     assert model.head.weight.grad is None  # the main classifier is not on this path
+
+
+def test_rise_over_neutral_keeps_only_rises_over_the_neutral_faces_mean_map():
+    uniform = torch.full((4,), 0.25)
+    rise, dip = torch.tensor([0.7, 0.1, 0.1, 0.1]), torch.tensor([0.05, 0.35, 0.3, 0.3])
+    maps = torch.stack([uniform, uniform, rise, dip]).view(4, 2, 2)
+    out = rise_over_neutral(maps, torch.tensor([True, True, False, False])).view(4, 4)
+    assert torch.equal(out[:2], torch.zeros(2, 4))  # a neutral face is its own reference: nothing rises
+    assert out[2].tolist() == pytest.approx([torch.log(torch.tensor(2.8)).item(), 0, 0, 0])  # 0.7 over 0.25
+    assert out[3][0] == 0 and torch.all(out[3][1:] > 0)  # the dip reads 0, the cells lifted by it read > 0
+    # no neutral face in the batch: the batch's own mean map is the bar
+    batch_mean = maps.view(4, 4).mean(0)
+    assert rise_over_neutral(maps, torch.zeros(4, dtype=torch.bool)).view(4, 4)[2, 0] == pytest.approx(
+        torch.log(0.7 / batch_mean[0]).item())
+
+
+def test_the_neutral_rise_attention_head_reads_rises_given_the_labels(tmp_path):
+    torch.manual_seed(0)
+    model = tiny(attention_head=True, attention_head_input="neutral-rise", output_stride=16, image_size=64)
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 0, 1, 2])  # class 0 is neutral
+    _, attention, (_, on_attention) = model(images, return_attention=True, return_aux=True, labels=labels)
+    expected = model.attention_head(rise_over_neutral(attention, labels == 0).flatten(1))
+    assert torch.allclose(on_attention, expected, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    assert load_model(tmp_path).config["attention_head_input"] == "neutral-rise"
+    assert build_model(TrainConfig(**PRESETS["tiny"])).config["attention_head_input"] == "log-map"  # the default
 
 
 def test_backbone_width_multiplies_the_channels_and_travels_in_the_config(tmp_path):
