@@ -127,10 +127,8 @@ class TrainConfig:
     attention_loss_weight: float = field(default=0.5, metadata={"help": "weight of the training-only classifier on the "
                                                                     "spatial attention map (0 = none); it makes the map "
                                                                     "look where expressions differ, what explanations name"})
-    attention_head_input: str = field(default="log-map", metadata={"help": "what that classifier reads: log-map: the log of "
-                                                                      "the map | neutral-rise: only where the map rises over "
-                                                                      "the batch's neutral faces (a dip says nothing), the "
-                                                                      "rise the explanations read"})
+    attention_head_input: str = field(default="log-map", metadata={"help": "what that classifier reads: log-map: the map's "
+        "log | neutral-rise: only where the map rises over the batch's neutral faces, the rise explanations read"})
     # optimisation
     epochs: int = field(default=30, metadata={"help": "training epochs"})
     batch_size: int = field(default=32, metadata={"help": "batch size per process"})
