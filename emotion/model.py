@@ -13,7 +13,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from emotion.errors import EmotionError
-from emotion.labels import CLASS_LISTS, CLASS_NAMES
+from emotion.labels import CLASS_LISTS, CLASS_NAMES, CLASS_TO_ID
 
 
 class ChannelAttention(nn.Module):
@@ -115,7 +115,6 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         # the cells where faces differ from one another (what the explanations name) instead of wherever it settles.
         self.attention_grid = -(-image_size // output_stride)  # the backbone's last feature map, cells per side
         self.attention_head = nn.Linear(self.attention_grid ** 2, num_classes) if attention_head else None
-        self.neutral_index = list(class_names).index("neutral") if "neutral" in class_names else None
 
     @property
     def mean(self) -> list[float]:
@@ -175,7 +174,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         attention_logits = None
         if return_aux and self.attention_head is not None:
             if self.config["attention_head_input"] == "neutral-rise":
-                neutral = None if labels is None or self.neutral_index is None else labels == self.neutral_index
+                neutral = None if labels is None else labels == CLASS_TO_ID["neutral"]  # the class the neutral prior averages
                 head_input = rise_over_neutral(attention.float(), neutral)
             else:
                 head_input = attention.float().clamp_min(1e-12).log()  # float: a half-precision 1e-12 is 0

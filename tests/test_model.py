@@ -113,7 +113,7 @@ def test_rise_over_neutral_keeps_only_rises_over_the_neutral_faces_mean_map():
     rise, dip = torch.tensor([0.7, 0.1, 0.1, 0.1]), torch.tensor([0.05, 0.35, 0.3, 0.3])
     maps = torch.stack([uniform, uniform, rise, dip]).view(4, 2, 2)
     out = rise_over_neutral(maps, torch.tensor([True, True, False, False])).view(4, 4)
-    assert torch.equal(out[:2], torch.zeros(2, 4))  # a neutral face is its own reference: nothing rises
+    assert torch.equal(out[:2], torch.zeros(2, 4))  # the neutral faces are the bar: nothing of theirs rises
     assert out[2].tolist() == pytest.approx([torch.log(torch.tensor(2.8)).item(), 0, 0, 0])  # 0.7 over 0.25
     assert out[3][0] == 0 and torch.all(out[3][1:] > 0)  # the dip reads 0, the cells lifted by it read > 0
     # no neutral face in the batch: the batch's own mean map is the bar
