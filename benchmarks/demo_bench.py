@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emotion.explain import EXPLAIN_BY
+
 
 def fps(args) -> dict:
     import torch
@@ -35,7 +37,7 @@ def fps(args) -> dict:
     else:
         keys = ("backbone", "image_size", "output_stride", "proj_dim", "lstm_hidden")
         runner = TorchRunner(EmotionNet(**{k: PRESETS[args.preset][k] for k in keys}))
-    predictor = Predictor(runner, HaarDetector())
+    predictor = Predictor(runner, HaarDetector(), explain_by=args.explain_by)
     base = cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), (480, 480))
     frame = cv2.copyMakeBorder(base, 0, 0, 80, 80, cv2.BORDER_REPLICATE)  # 640 x 480
     tracker = predictor.new_tracker()
@@ -68,7 +70,7 @@ def fps(args) -> dict:
 def agreement(args) -> dict:
     from emotion.faces import Predictor, synthetic_agreement
 
-    predictor = Predictor.from_model_dir(args.model)
+    predictor = Predictor.from_model_dir(args.model, explain_by=args.explain_by)
     if not args.neutral_prior:
         predictor.baseline = None  # plain attention lift, as if training had recorded no neutral-face prior
     return synthetic_agreement(predictor, per_class=args.per_class)
@@ -99,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--background-detection", action=argparse.BooleanOptionalAction, default=False,
                         help="fps: detector on its own thread (the live demo's camera mode)")
     parser.add_argument("--per-class", type=int, default=25, help="agreement: synthetic faces per class")
+    parser.add_argument("--explain-by", choices=EXPLAIN_BY, default="occlusion",
+                        help="fps, agreement: region weights from occlusion (the default, 6 extra model passes per face) "
+                             "or from the attention map's lift")
     parser.add_argument("--neutral-prior", action=argparse.BooleanOptionalAction, default=True,
                         help="agreement: read attention lift over the model's neutral-face prior; --no-neutral-prior: "
                              "plain lift over uniform attention")

@@ -9,6 +9,7 @@ from pathlib import Path
 from emotion.config import (DATA_FIELDS, DATASETS, DEFAULT_CACHE_DIR, PRESETS, RANGES, REAL_DATA_OVERRIDES, Range, TrainConfig,
                             add_config_arguments, check_inputs, config_from_args, number, show_value)
 from emotion.errors import EmotionError, cli_main
+from emotion.explain import EXPLAIN_BY
 
 
 class Parser(argparse.ArgumentParser):
@@ -284,6 +285,10 @@ def demo_parser() -> argparse.ArgumentParser:
     add_number(parser, "--smoothing", number(0, 1, low_open=True), 0.5, "weight of the newest frame in the smoothed probabilities (1 = no smoothing)")
     parser.add_argument("--heatmap", action=argparse.BooleanOptionalAction, default=True,
                         help="draw the spatial-attention heatmap on each face (the `a` key toggles it)")
+    parser.add_argument("--explain-by", choices=EXPLAIN_BY, default="occlusion",
+                        help="occlusion: the regions whose hiding lowers the predicted class (6 extra model passes per "
+                             "face) | attention: the attention map's lift (no extra pass, but only as faithful as "
+                             "training made the map; docs/learning.md)")
     add_number(parser, "--max-frames", Range(1, 10**9), None, "stop after N frames (default: the end of the source)")
     parser.add_argument("--boxes", default=None, metavar="FILE.csv",
                         help="face boxes from another detector instead of running one: a CSV with columns file (a "
@@ -306,7 +311,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     stats = run(args.source, args.model, output=args.output, json_path=args.json, display=args.display,
                 detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.heatmap,
                 smoothing=args.smoothing, max_frames=args.max_frames, background_detection=args.background_detection,
-                boxes_path=args.boxes, frames_csv=args.frames_csv, summary_path=args.summary)
+                boxes_path=args.boxes, frames_csv=args.frames_csv, summary_path=args.summary, explain_by=args.explain_by)
     files = (f" (photos without a face: {len(stats.no_face)}, unreadable files: {len(stats.unreadable)})"
              if stats.no_face or stats.unreadable else "")
     print(f"{stats.frames} frames, {stats.faces} faces{files}, {stats.fps:.1f} FPS (detect + classify + overlay)"

@@ -248,13 +248,14 @@ class RunStats:
 def run(source: str, model_dir: str, output: str | None = None, json_path: str | None = None, display: bool = True,
         detector_model: str | None = None, detect_every: int = 3, show_attention: bool = True,
         smoothing: float = 0.5, max_frames: int | None = None, background_detection: bool | None = None,
-        boxes_path: str | None = None, frames_csv: str | None = None, summary_path: str | None = None) -> RunStats:
+        boxes_path: str | None = None, frames_csv: str | None = None, summary_path: str | None = None,
+        explain_by: str = "occlusion") -> RunStats:
     """The demo: read `source`, annotate every frame, optionally show, save and log it. Keys: q quits, a toggles attention.
 
     `background_detection` (default: on for a camera, off for files, whose output then repeats exactly) runs the
     face detector on its own thread and core, off the frame loop. `boxes_path`: a CSV of face boxes from another
     detector (emotion.faces.ListedBoxes), used instead of running one. `frames_csv`: one row per face per frame;
-    `summary_path`: per face id, as .json and .csv.
+    `summary_path`: per face id, as .json and .csv. `explain_by`: occlusion or attention (emotion.faces.Predictor).
     """
     if display and not _has_display():
         raise EmotionError("no display to show the demo on (DISPLAY is not set): add --no-display, "
@@ -262,7 +263,7 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
     if detect_every < 1:
         raise EmotionError(f"--detect-every must be >= 1, got {detect_every}")
     listed = ListedBoxes.read(boxes_path) if boxes_path else None
-    predictor = Predictor.from_model_dir(model_dir, detector_model, with_detector=listed is None)
+    predictor = Predictor.from_model_dir(model_dir, detector_model, with_detector=listed is None, explain_by=explain_by)
     frames = open_source(source)
     stream = frames.kind != "images"
     tracker = predictor.new_tracker(smoothing=smoothing if stream else 1.0)

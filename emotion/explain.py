@@ -1,18 +1,20 @@
-"""Attention -> facial regions -> facial-action prototype phrase ("Brows Down + Lids Tight -> Anger").
+"""Facial regions -> facial-action prototype phrase ("Brows Down + Lids Tight -> Anger"), weighed by occlusion or attention.
 
-Pure functions on numpy arrays. The spatial attention map (H x W cells, summing to 1) covers the square
-face crop the model saw; every crop follows one canonical layout (the synthetic generator's; the face pipeline
-crops a detected face by training's rule, emotion.faces.crop_region), given as fractions of the crop:
-brows y 0.25-0.38, eyes 0.35-0.48, nose 0.45-0.62, cheeks 0.5-0.7 at the sides, mouth 0.65-0.8, jaw 0.78-0.95.
+Pure functions on numpy arrays (and one OpenCV blur). Every face crop follows one canonical layout (the synthetic
+generator's; the face pipeline crops a detected face by training's rule, emotion.faces.crop_region), given as
+fractions of the crop: brows y 0.25-0.38, eyes 0.35-0.48, nose 0.45-0.62, cheeks 0.5-0.7 at the sides, mouth
+0.65-0.8, jaw 0.78-0.95.
 
-A region's weight is its attention *lift*: the attention mass inside it divided by its area, so 1.0 means
-"as much as a uniform map would give" and regions of different sizes compare fairly. Given the model's
-attention on neutral faces (the `attention_prior` a trained model keeps in its config), the lift is taken
-relative to it: facial actions are departures from the resting face, and a model looks at some places
-(often the face's centre) whatever the expression. Measured on the synthetic faces for a `cpu` preset model
-of an earlier recipe (tests/fixtures/cpu_model), the top region was one the expression changed for 40.7% of faces
-with plain lift (a random region: 47.6%) and 62.1% relative to its neutral prior; today's recipe, which trains a
-classifier on the attention map, scores 72.9% for its seed-42 model (docs/learning.md).
+Occlusion (the default, `occluded_copies` + `occlusion_weights`): a region's weight is the predicted class's
+probability on the face over its probability with that region blurred away, so it says what the decision rests on
+whatever the attention map does. Across training seeds of the `cpu` preset this points at the regions the synthetic
+expression changed far more often than the attention does (docs/learning.md, "Explanations by occlusion").
+
+Attention: a region's weight is its attention *lift*, the attention mass inside it divided by its area, so 1.0 means
+"as much as a uniform map would give" and regions of different sizes compare fairly. Given the model's attention on
+neutral faces (the `attention_prior` a trained model keeps in its config), the lift is taken relative to it: facial
+actions are departures from the resting face, and a model looks at some places (often the face's centre) whatever the
+expression. How well this follows the expression depends on the training seed (32-77% agreement over ten seeds).
 """
 from __future__ import annotations
 
@@ -60,6 +62,12 @@ if set(REGION_LAYOUT) != set(FACE_REGIONS):  # pragma: no cover - guards edits o
 # Thresholds: a region supports an action when its lift reaches SUPPORT_LIFT; below MIN_CONFIDENCE we do not explain.
 SUPPORT_LIFT = 1.0
 MIN_CONFIDENCE = 0.4
+# Where the region weights come from: hiding each region in turn (faithful, 6 extra model passes) or the attention map.
+EXPLAIN_BY = ("occlusion", "attention")
+# Occlusion evidence: a region supports an action when hiding it lowers the predicted class's probability by 10% or more.
+SUPPORT_OCCLUSION = 1.1
+# Sigma of the blur that hides a region, as a fraction of the crop side: fine lines go, skin tone and shading stay.
+OCCLUSION_BLUR = 1 / 8
 MAX_ACTIONS_IN_PHRASE = 3
 
 
@@ -69,9 +77,10 @@ class Explanation:
     confidence: float
     phrase: str                      # what the overlay and the JSON show
     status: str                      # supported | unsupported | low_confidence | neutral
-    top_region: str                  # the region the attention favours most (highest lift)
-    region_weights: dict[str, float] # lift per region, FACE_REGIONS order
+    top_region: str                  # the region with the highest weight
+    region_weights: dict[str, float] # per region, FACE_REGIONS order: occlusion evidence or attention lift (`source`)
     actions: list[str] = field(default_factory=list)  # "AU4 brow lowerer" for each action the phrase names
+    source: str = "attention"        # what the weights measure: occlusion | attention
 
     @property
     def supported(self) -> bool:
@@ -126,6 +135,36 @@ def region_weights(attention: np.ndarray, baseline: dict[str, float] | None = No
     return weights
 
 
+def occluded_copies(crop: np.ndarray) -> list[np.ndarray]:
+    """One copy of a face crop (H, W, 3, canonical layout) per facial region, FACE_REGIONS order, with that region hidden
+    under a heavy blur of the crop: what the model sees when that region shows nothing."""
+    import cv2
+
+    size = crop.shape[0]
+    blurred = cv2.GaussianBlur(crop, (0, 0), OCCLUSION_BLUR * size)
+    copies = []
+    for region in FACE_REGIONS:
+        copy = crop.copy()
+        for x0, y0, x1, y1 in REGION_LAYOUT[region]:
+            rows = slice(int(round(y0 * size)), int(round(y1 * size)))
+            cols = slice(int(round(x0 * crop.shape[1])), int(round(x1 * crop.shape[1])))
+            copy[rows, cols] = blurred[rows, cols]
+        copies.append(copy)
+    return copies
+
+
+def occlusion_weights(probabilities: np.ndarray, occluded: np.ndarray) -> dict[str, float]:
+    """Occlusion evidence per region: the predicted class's probability on the face over its probability with that
+    region hidden (`occluded`: one row per region, FACE_REGIONS order, as `occluded_copies` makes them).
+    1.0 = hiding the region changes nothing; 2.0 = it halves the class's probability; below 1 the region speaks against it."""
+    probabilities, occluded = np.asarray(probabilities, np.float64), np.asarray(occluded, np.float64)
+    if occluded.shape != (len(FACE_REGIONS), probabilities.shape[0]):
+        raise ValueError(f"expected {len(FACE_REGIONS)} x {probabilities.shape[0]} occluded probabilities, got {occluded.shape}")
+    index = int(probabilities.argmax())
+    ratios = probabilities[index] / np.clip(occluded[:, index], 1e-9, None)
+    return dict(zip(FACE_REGIONS, ratios.tolist()))
+
+
 def baseline_weights(attention_prior) -> dict[str, float] | None:
     """Region weights of a model's mean attention on neutral faces (config `attention_prior`), or None without one."""
     return None if attention_prior is None else region_weights(np.asarray(attention_prior, dtype=np.float64))
@@ -138,22 +177,28 @@ def top_region(weights: dict[str, float]) -> str:
 
 def explain(probabilities: Sequence[float], attention: np.ndarray, min_confidence: float = MIN_CONFIDENCE,
             support_lift: float = SUPPORT_LIFT, baseline: dict[str, float] | None = None,
-            class_names: Sequence[str] = CLASS_NAMES) -> Explanation:
+            class_names: Sequence[str] = CLASS_NAMES, evidence: dict[str, float] | None = None) -> Explanation:
     """The phrase and the region weights behind it, for one face's class probabilities and attention map.
 
-    `baseline`: region weights of the model's neutral-face attention (`baseline_weights`); lifts are then
-    relative to it. `class_names`: the model's classes (its config.json), in the order of `probabilities`. Only actions of the predicted class whose region the attention favours (lift >= support_lift) are named,
-    strongest first; when none is, or the confidence is below min_confidence, the phrase says so.
+    `evidence`: occlusion weights (`occlusion_weights`); when given, they are the region weights and a region backs
+    an action at SUPPORT_OCCLUSION. Otherwise the weights are the attention's lifts, relative to `baseline` (region
+    weights of the model's neutral-face attention, `baseline_weights`) when given, and a region backs an action at
+    `support_lift`. `class_names`: the model's classes (its config.json), in the order of `probabilities`. Only
+    actions of the predicted class whose region backs them are named, strongest first; when none is, or the
+    confidence is below min_confidence, the phrase says so.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.shape != (len(class_names),):
         raise ValueError(f"expected {len(class_names)} probabilities, got shape {probabilities.shape}")
     index = int(probabilities.argmax())
     label, confidence = class_names[index], float(probabilities[index])
-    weights = region_weights(attention, baseline)
+    if evidence is not None:
+        weights, source, support_lift = {r: float(evidence[r]) for r in FACE_REGIONS}, "occlusion", SUPPORT_OCCLUSION
+    else:
+        weights, source = region_weights(attention, baseline), "attention"
     top = top_region(weights)
     title = label.capitalize()
-    common = dict(label=label, confidence=confidence, top_region=top, region_weights=weights)
+    common = dict(label=label, confidence=confidence, top_region=top, region_weights=weights, source=source)
     if confidence < min_confidence:
         return Explanation(phrase=f"Unsure: maybe {title} ({confidence:.0%})", status="low_confidence", **common)
     prototype = ACTION_PROTOTYPES[label]
@@ -162,7 +207,8 @@ def explain(probabilities: Sequence[float], attention: np.ndarray, min_confidenc
     backed = [au for au in prototype if weights[ACTION_UNITS[au][1]] >= support_lift]
     if not backed:
         expected = sorted({ACTION_UNITS[au][1] for au in prototype}, key=FACE_REGIONS.index)
-        return Explanation(phrase=f"{title}, but attention is on the {top}, not the {'/'.join(expected)}",
+        focus = "the decision rests on" if source == "occlusion" else "attention is on"
+        return Explanation(phrase=f"{title}, but {focus} the {top}, not the {'/'.join(expected)}",
                            status="unsupported", **common)
     # Strongest region first; within a region, the prototype's own order.
     backed.sort(key=lambda au: -weights[ACTION_UNITS[au][1]])
@@ -175,7 +221,7 @@ def explain(probabilities: Sequence[float], attention: np.ndarray, min_confidenc
 
 def agreement_by_class(weights: Iterable[dict[str, float]], labels: Iterable[int],
                        changed: Iterable[Sequence[str]]) -> dict[str, dict[str, float] | None]:
-    """Per true class, how well each face's attention (its region weights) points at what the expression changed.
+    """Per true class, how well each face's region weights (occlusion or attention) point at what the expression changed.
 
     `changed` holds the ground-truth regions of each face (the synthetic set's `regions` column). Per class:
     agreement: share of faces whose top region is a changed one; chance: what a uniformly random region would

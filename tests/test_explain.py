@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from emotion.explain import REGION_LAYOUT, agreement_by_class, baseline_weights, explain, region_weights, top_region
+from emotion.explain import (REGION_LAYOUT, SUPPORT_OCCLUSION, agreement_by_class, baseline_weights, explain, occluded_copies,
+                             occlusion_weights, region_weights, top_region)
 from emotion.labels import CLASS_TO_ID, FACE_REGIONS, NUM_CLASSES
 
 
@@ -106,3 +107,44 @@ def test_agreement_by_class_counts_hits_chance_and_contrast_and_skips_neutral():
     assert table["overall"]["agreement"] == pytest.approx(2 / 4)
     assert table["overall"]["chance"] == pytest.approx((4 / 6 + 4 / 6 + 3 / 6 + 1 / 6) / 4)
     assert table["overall"]["faces"] == 4
+
+
+def test_occluded_copies_hide_one_region_each_and_nothing_else():
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)
+    original = crop.copy()
+    copies = occluded_copies(crop)
+    assert (crop == original).all()  # the input itself is left as it was
+    assert len(copies) == len(FACE_REGIONS)
+    for region, copy in zip(FACE_REGIONS, copies):
+        changed = (copy != crop).any(axis=2)
+        inside = np.zeros((80, 80), bool)
+        for x0, y0, x1, y1 in REGION_LAYOUT[region]:
+            inside[round(y0 * 80):round(y1 * 80), round(x0 * 80):round(x1 * 80)] = True
+        assert not changed[~inside].any(), region  # only the region's pixels move
+        assert changed[inside].mean() > 0.9, region  # and the noise inside is blurred away
+
+
+def test_occlusion_weights_are_the_predicted_class_probability_ratio():
+    p = probs("anger", 0.8)
+    occluded = np.tile(p, (len(FACE_REGIONS), 1))
+    occluded[FACE_REGIONS.index("brows"), CLASS_TO_ID["anger"]] = 0.2  # hiding the brows takes anger from 0.8 to 0.2
+    occluded[FACE_REGIONS.index("nose"), CLASS_TO_ID["anger"]] = 0.9   # hiding the nose helps it a little
+    weights = occlusion_weights(p, occluded)
+    assert list(weights) == list(FACE_REGIONS)
+    assert weights["brows"] == pytest.approx(4.0)
+    assert weights["nose"] == pytest.approx(0.8 / 0.9)
+    assert weights["mouth"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="occluded probabilities"):
+        occlusion_weights(p, occluded[:3])
+
+
+def test_explanation_from_occlusion_evidence_names_only_regions_that_carry_the_decision():
+    evidence = dict.fromkeys(FACE_REGIONS, 1.0) | {"brows": 3.0, "eyes": SUPPORT_OCCLUSION - 0.01}
+    why = explain(probs("anger"), np.full((5, 5), 1 / 25), evidence=evidence)
+    assert why.source == "occlusion" and why.status == "supported" and why.top_region == "brows"
+    assert why.phrase == "Brows Down -> Anger"  # eyes stay below the support bar: Lids Tight is not named
+    flat = explain(probs("anger"), attention_on("brows"), evidence=dict.fromkeys(FACE_REGIONS, 1.0) | {"nose": 1.5})
+    assert flat.status == "unsupported"  # the attention map is not read once evidence is given
+    assert flat.phrase == "Anger, but the decision rests on the nose, not the brows/eyes/mouth"
+    assert explain(probs("anger"), attention_on("brows")).source == "attention"

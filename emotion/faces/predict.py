@@ -4,8 +4,8 @@
   `load_runner`; `runner(batch)` takes a preprocessed float32 batch (N, 3, S, S) and returns (probabilities (N, C),
   attention (N, H, W)) as numpy; `runner.config` is the saved model config (class names, preprocessing, face margin).
 - `Predictor(runner, detector)`: `predict(image_bgr)`, `classify(image_bgr, boxes)`, `classify_crops(crops)`
-  -> [`FaceResult`] (box, probabilities, label, confidence, attention, explanation).
-- `FaceTracker`: faces followed across frames by IoU at each detection; probabilities and attention smoothed.
+  -> [`FaceResult`] (box, probabilities, label, confidence, attention, explanation, occlusion evidence).
+- `FaceTracker`: faces followed across frames by IoU at each detection; probabilities, attention and evidence smoothed.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import numpy as np
 
 from emotion.card import read_json
 from emotion.errors import EmotionError
-from emotion.explain import MIN_CONFIDENCE, Explanation, baseline_weights, explain
+from emotion.explain import (EXPLAIN_BY, MIN_CONFIDENCE, Explanation, baseline_weights, explain, occluded_copies,
+                             occlusion_weights)
 from emotion.labels import CLASS_NAMES
 from emotion.faces.detect import Box, FaceDetector, NoCrop, build_detector, crop_face, crop_region, face_margin
 
@@ -118,6 +119,7 @@ class FaceResult:
     attention: np.ndarray      # (H, W), sums to 1
     explanation: Explanation | None  # None from classify(explained=False): the tracker explains the smoothed result
     track_id: int | None = None
+    evidence: dict[str, float] | None = None  # occlusion weights per region (explain.occlusion_weights); None: attention
 
     def to_dict(self, class_names: Sequence[str]) -> dict:
         """JSON-ready record (the model config's class names as keys)."""
@@ -126,6 +128,7 @@ class FaceResult:
             "confidence": round(float(self.confidence), 4),
             "probabilities": {n: round(float(p), 4) for n, p in zip(class_names, self.probabilities)},
             "explanation": {"phrase": self.explanation.phrase, "status": self.explanation.status,
+                            "source": self.explanation.source,
                             "top_region": self.explanation.top_region, "actions": self.explanation.actions,
                             "region_weights": {r: round(w, 3) for r, w in self.explanation.region_weights.items()}},
         }
@@ -133,17 +136,27 @@ class FaceResult:
 
 def make_result(box: Box, box_crop: Box, probabilities: np.ndarray, attention: np.ndarray,
                 min_confidence: float = MIN_CONFIDENCE, track_id: int | None = None,
-                baseline: dict[str, float] | None = None, class_names: Sequence[str] = CLASS_NAMES) -> FaceResult:
-    why = explain(probabilities, attention, min_confidence=min_confidence, baseline=baseline, class_names=class_names)
+                baseline: dict[str, float] | None = None, class_names: Sequence[str] = CLASS_NAMES,
+                evidence: dict[str, float] | None = None) -> FaceResult:
+    why = explain(probabilities, attention, min_confidence=min_confidence, baseline=baseline, class_names=class_names,
+                  evidence=evidence)
     return FaceResult(box, box_crop, np.asarray(probabilities, np.float32), why.label, why.confidence,
-                      np.asarray(attention, np.float32), why, track_id)
+                      np.asarray(attention, np.float32), why, track_id, evidence)
 
 
 class Predictor:
     """Image in, one `FaceResult` per face out. Preprocessing and the face crop come from the runner's saved model
-    config, and so does the explanations' baseline (the model's attention on neutral faces, when training recorded it)."""
+    config, and so does the explanations' baseline (the model's attention on neutral faces, when training recorded it).
 
-    def __init__(self, runner, detector: FaceDetector | None = None, min_confidence: float = MIN_CONFIDENCE) -> None:
+    `explain_by`: occlusion (the default) weighs each facial region by how much hiding it lowers the predicted class,
+    one extra model pass per region (6 x the model time); attention reads the attention map's lift, free but only as
+    faithful as the training seed made the map (docs/learning.md)."""
+
+    def __init__(self, runner, detector: FaceDetector | None = None, min_confidence: float = MIN_CONFIDENCE,
+                 explain_by: str = "occlusion") -> None:
+        if explain_by not in EXPLAIN_BY:
+            raise ValueError(f"unknown explain_by {explain_by!r}: choose {' or '.join(EXPLAIN_BY)}")
+        self.explain_by = explain_by
         self.runner = runner
         self.detector = detector  # None: the boxes come from elsewhere (classify), predict() cannot find faces
         self.preprocess = Preprocessor(runner.config)
@@ -203,16 +216,25 @@ class Predictor:
             return []
         batch = self._timed("preprocess", self.preprocess, crops)
         probabilities, attention = self._timed("model", self.runner, batch)
+        evidence = self._timed("occlusion", self.occlusion, crops, probabilities) if self.explain_by == "occlusion" \
+            else [None] * len(crops)
         if not explained:
-            return [FaceResult(b, s, p, self.class_names[int(p.argmax())], float(p.max()), a, None)
-                    for b, s, p, a in zip(boxes, squares, probabilities, attention)]
+            return [FaceResult(b, s, p, self.class_names[int(p.argmax())], float(p.max()), a, None, evidence=e)
+                    for b, s, p, a, e in zip(boxes, squares, probabilities, attention, evidence)]
         return self._timed("explain", lambda: [make_result(b, s, p, a, self.min_confidence, baseline=self.baseline,
-                                                           class_names=self.class_names)
-                                               for b, s, p, a in zip(boxes, squares, probabilities, attention)])
+                                                           class_names=self.class_names, evidence=e)
+                                               for b, s, p, a, e in zip(boxes, squares, probabilities, attention, evidence)])
+
+    def occlusion(self, crops: Sequence[np.ndarray], probabilities: np.ndarray) -> list[dict[str, float]]:
+        """Occlusion weights of each crop: the model run again on its copies with one facial region hidden each."""
+        copies = [copy for crop in crops for copy in occluded_copies(crop)]
+        occluded, _ = self.runner(self.preprocess(copies))
+        regions = len(copies) // len(crops)
+        return [occlusion_weights(p, occluded[i * regions:(i + 1) * regions]) for i, p in enumerate(probabilities)]
 
 
 def synthetic_agreement(predictor: Predictor, per_class: int = 25, seed: int = 0) -> dict[str, dict[str, float] | None]:
-    """Per class, how well the attention points at the regions the synthetic generator changed (explain.agreement_by_class)."""
+    """Per class, how well the explanations point at the regions the synthetic generator changed (explain.agreement_by_class)."""
     from emotion.explain import agreement_by_class
     from emotion.synthetic import render_face
 
@@ -285,19 +307,21 @@ class FaceTracker:
             matched = {fi: by_box[f.box] for fi, f in enumerate(faces) if f.box in by_box}
         out = []
         for fi, face in enumerate(faces):
-            probs, attention = face.probabilities, face.attention
+            probs, attention, evidence = face.probabilities, face.attention, face.evidence
             track = matched.get(fi)
             if track is not None:
                 a = self.smoothing
                 probs = a * probs + (1 - a) * track.face.probabilities
                 if attention.shape == track.face.attention.shape:
                     attention = a * attention + (1 - a) * track.face.attention
+                if evidence is not None and track.face.evidence is not None:
+                    evidence = {r: a * w + (1 - a) * track.face.evidence[r] for r, w in evidence.items()}
             else:
                 track = _Track(self.next_id, face)
                 self.next_id += 1
                 self.tracks.append(track)
             track.face = make_result(face.box, face.crop_box, probs, attention, self.min_confidence, track.id, self.baseline,
-                                     self.class_names)
+                                     self.class_names, evidence)
             out.append(track.face)
         return out
 
