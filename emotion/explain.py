@@ -140,14 +140,14 @@ def occluded_copies(crop: np.ndarray) -> list[np.ndarray]:
     under a heavy blur of the crop: what the model sees when that region shows nothing."""
     import cv2
 
-    size = crop.shape[0]
-    blurred = cv2.GaussianBlur(crop, (0, 0), OCCLUSION_BLUR * size)
+    height, width = crop.shape[:2]
+    blurred = cv2.GaussianBlur(crop, (0, 0), OCCLUSION_BLUR * height)
     copies = []
     for region in FACE_REGIONS:
         copy = crop.copy()
         for x0, y0, x1, y1 in REGION_LAYOUT[region]:
-            rows = slice(int(round(y0 * size)), int(round(y1 * size)))
-            cols = slice(int(round(x0 * crop.shape[1])), int(round(x1 * crop.shape[1])))
+            rows = slice(int(round(y0 * height)), int(round(y1 * height)))
+            cols = slice(int(round(x0 * width)), int(round(x1 * width)))
             copy[rows, cols] = blurred[rows, cols]
         copies.append(copy)
     return copies

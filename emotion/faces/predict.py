@@ -229,8 +229,8 @@ class Predictor:
         """Occlusion weights of each crop: the model run again on its copies with one facial region hidden each."""
         copies = [copy for crop in crops for copy in occluded_copies(crop)]
         occluded, _ = self.runner(self.preprocess(copies))
-        regions = len(copies) // len(crops)
-        return [occlusion_weights(p, occluded[i * regions:(i + 1) * regions]) for i, p in enumerate(probabilities)]
+        per_face = occluded.reshape(len(crops), -1, occluded.shape[-1])  # (faces, regions, classes)
+        return [occlusion_weights(p, o) for p, o in zip(probabilities, per_face)]
 
 
 def synthetic_agreement(predictor: Predictor, per_class: int = 25, seed: int = 0) -> dict[str, dict[str, float] | None]:
