@@ -111,6 +111,25 @@ def test_tracker_smooths_occlusion_evidence_and_explains_with_it():
     assert second.explanation.region_weights["mouth"] == pytest.approx(2.0)
 
 
+def test_tracker_keeps_occlusion_evidence_with_the_class_it_weighs():
+    tracker = FaceTracker(smoothing=0.5)
+    flat, box, att = dict.fromkeys(FACE_REGIONS, 1.0), (0, 0, 100, 100), np.full((4, 4), 1 / 16)
+
+    def frame(name, p, evidence):
+        probs = np.full(len(CLASS_NAMES), (1 - p) / (len(CLASS_NAMES) - 1))
+        probs[CLASS_NAMES.index(name)] = p
+        return FaceResult(box, box, probs, name, p, att, None, evidence=flat | evidence)
+
+    tracker.update([frame("happy", 0.9, {"mouth": 3.0})])
+    # a sad frame the smoothing still shows as happy: its weights are for sad, so the happy weights stay
+    held = tracker.update([frame("sad", 0.6, {"brows": 3.0})])[0]
+    assert held.label == "happy" and held.evidence["mouth"] == 3.0 and held.evidence["brows"] == 1.0
+    # once the shown label turns to sad, the sad frame's own weights explain it, not an average with happy's
+    turned = tracker.update([frame("sad", 0.9, {"brows": 2.5})])[0]
+    assert turned.label == "sad" and turned.evidence["brows"] == 2.5 and turned.evidence["mouth"] == 1.0
+    assert turned.explanation.region_weights["brows"] == pytest.approx(2.5)
+
+
 def test_agreement_table_on_synthetic_faces(predictor):
     table = synthetic_agreement(predictor, per_class=3)
     assert table["neutral"] is None  # neutral changes no region: nothing to agree with
@@ -127,9 +146,10 @@ AGREEMENT_MARGIN = 0.10
 CONTRAST_FLOOR = 0.62
 
 
-# By occlusion (the default explanation) it scores 85.7 % agreement and 89.3 % contrast; the floors sit 7 and 6 faces lower.
-OCCLUSION_AGREEMENT_MARGIN = 0.33
-OCCLUSION_CONTRAST_FLOOR = 0.85
+# By occlusion (the default explanation, blur sigma 1/16 of the crop) it scores 78.6 % agreement and 79.3 % contrast;
+# the floors sit 7 and 6 faces lower.
+OCCLUSION_AGREEMENT_MARGIN = 0.26
+OCCLUSION_CONTRAST_FLOOR = 0.75
 
 
 def test_occlusion_explanations_point_at_what_the_expression_changed():

@@ -315,7 +315,7 @@ class FaceTracker:
                 if attention.shape == track.face.attention.shape:
                     attention = a * attention + (1 - a) * track.face.attention
                 if evidence is not None and track.face.evidence is not None:
-                    evidence = {r: a * w + (1 - a) * track.face.evidence[r] for r, w in evidence.items()}
+                    evidence = self._evidence(face, probs, track.face)
             else:
                 track = _Track(self.next_id, face)
                 self.next_id += 1
@@ -324,6 +324,18 @@ class FaceTracker:
                                      self.class_names, evidence)
             out.append(track.face)
         return out
+
+    def _evidence(self, face: FaceResult, probs: np.ndarray, previous: FaceResult) -> dict[str, float]:
+        """The occlusion weights for the class the smoothed result shows: each frame's weights are for its own class.
+
+        Frames that weigh the shown class are averaged; a frame that weighs another class keeps the track's weights when
+        those were for the shown class (a change of expression takes effect once the smoothed label follows it)."""
+        shown = int(probs.argmax())
+        own, before = int(face.probabilities.argmax()), int(previous.probabilities.argmax())
+        if own == shown == before:
+            a = self.smoothing
+            return {r: a * w + (1 - a) * previous.evidence[r] for r, w in face.evidence.items()}
+        return previous.evidence if own != shown and before == shown else face.evidence
 
     def _match(self, faces: Sequence[FaceResult]) -> dict[int, _Track]:
         """Face index -> its track; unmatched tracks count a missed round and end after `max_missed` of them."""
