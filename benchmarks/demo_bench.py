@@ -3,6 +3,7 @@
     python benchmarks/demo_bench.py fps --model results/RUN/best_model      # or --preset b4 (random weights)
     python benchmarks/demo_bench.py agreement --model results/RUN/best_model
     python benchmarks/demo_bench.py corners --model results/RUN/best_model --split test   # real faces: attention on a corner?
+    python benchmarks/demo_bench.py regions --model results/RUN/best_model --split test   # real faces: what occlusion names
 
 fps: end-to-end frames per second (detect every --detect-every frames + crop + preprocess + model + explain + track +
 overlay) on 640x480 frames of skimage's astronaut photo, and the share the pipeline adds on top of the model.
@@ -86,12 +87,32 @@ def corners(args) -> dict:
             "corner_peak_share": report["attention_corner_share"], "corner_peak_chance": report["attention_corner_chance"]}
 
 
+def regions(args) -> dict:
+    """Real faces: per class, how often the top region of a correctly labelled face's explanation is one where the
+    class's FACS prototype actions show (chance: that share of the six regions), and which regions top them."""
+    from emotion.data import load_splits
+    from emotion.evaluation import run_config_for
+    from emotion.faces import Predictor, prototype_agreement
+
+    predictor = Predictor.from_model_dir(args.model, explain_by=args.explain_by)
+    config = run_config_for(Path(args.model))
+    config.image_size = predictor.preprocess.image_size
+    data = load_splits(config)[args.split]
+    if args.limit and args.limit < len(data):
+        data = data.shuffle(seed=0).select(range(args.limit))
+    crops = [np.asarray(image.convert("RGB"))[:, :, ::-1] for image in data["image"]]
+    table, tops = prototype_agreement(predictor, crops, list(data["label"]))
+    return {"model": args.model, "split": args.split, "faces": len(crops), "explain_by": args.explain_by,
+            "prototype_agreement": table, "top_regions": tops}
+
+
 def parser() -> argparse.ArgumentParser:
     from emotion.cli import HelpFormatter
 
     parser = argparse.ArgumentParser(prog="demo_bench.py", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("what", choices=("fps", "agreement", "corners"),
-                        help="fps: demo speed; agreement: explanation vs the synthetic generator; corners: attention on corners")
+    parser.add_argument("what", choices=("fps", "agreement", "corners", "regions"),
+                        help="fps: demo speed; agreement: explanation vs the synthetic generator; corners: attention on "
+                             "corners; regions: on real faces, the regions the explanation names vs the FACS prototypes")
     parser.add_argument("--model", default=None, help="saved model folder (default: none; fps then times --preset)")
     parser.add_argument("--preset", default="b4", help="fps without --model: time this preset's architecture, random weights")
     parser.add_argument("--frames", type=int, default=60, help="fps: timed frames")
@@ -102,19 +123,20 @@ def parser() -> argparse.ArgumentParser:
                         help="fps: detector on its own thread (the live demo's camera mode)")
     parser.add_argument("--per-class", type=int, default=25, help="agreement: synthetic faces per class")
     parser.add_argument("--explain-by", choices=EXPLAIN_BY, default="occlusion",
-                        help="fps, agreement: region weights from occlusion (the default, 6 extra model passes per face) "
+                        help="fps, agreement, regions: region weights from occlusion (the default, 6 extra model passes per face) "
                              "or from the attention map's lift")
     parser.add_argument("--neutral-prior", action=argparse.BooleanOptionalAction, default=True,
                         help="agreement: read attention lift over the model's neutral-face prior; --no-neutral-prior: "
                              "plain lift over uniform attention")
-    parser.add_argument("--split", default="test", help="corners: the split of the model's data set to read")
+    parser.add_argument("--split", default="test", help="corners, regions: the split of the model's data set to read")
+    parser.add_argument("--limit", type=int, default=0, help="regions: at most this many faces, drawn at random (0 = all)")
     parser.add_argument("--output-dir", default=None, help="corners: where the evaluation report goes (default: beside the run)")
     return parser
 
 
 def main() -> None:
     args = parser().parse_args()
-    print(json.dumps({"fps": fps, "agreement": agreement, "corners": corners}[args.what](args), indent=2))
+    print(json.dumps({"fps": fps, "agreement": agreement, "corners": corners, "regions": regions}[args.what](args), indent=2))
 
 
 if __name__ == "__main__":

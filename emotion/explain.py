@@ -221,6 +221,12 @@ def explain(probabilities: Sequence[float], attention: np.ndarray, min_confidenc
                        actions=[f"AU{au} {ACTION_UNITS[au][0]}" for au in backed], **common)
 
 
+def prototype_regions(class_name: str) -> list[str]:
+    """The facial regions where the class's prototype actions show (FACS; ACTION_PROTOTYPES): the regions an
+    explanation of a real face is expected to name, where no generator says what changed."""
+    return sorted({ACTION_UNITS[unit][1] for unit in ACTION_PROTOTYPES[class_name]})
+
+
 def agreement_by_class(weights: Iterable[dict[str, float]], labels: Iterable[int],
                        changed: Iterable[Sequence[str]]) -> dict[str, dict[str, float] | None]:
     """Per true class, how well each face's region weights (occlusion or attention) point at what the expression changed.

@@ -9,9 +9,9 @@ import skimage.data
 from conftest import run_script
 from emotion.cli import demo_main
 from emotion.demo import run
-from emotion.faces import DnnDetector, FaceResult, FaceTracker, Predictor, TorchRunner, synthetic_agreement
+from emotion.faces import DnnDetector, FaceResult, FaceTracker, Predictor, TorchRunner, prototype_agreement, synthetic_agreement
 from emotion.errors import EmotionError
-from emotion.explain import explain
+from emotion.explain import explain, prototype_regions
 from emotion.labels import CLASS_NAMES, FACE_REGIONS, NUM_CLASSES
 from emotion.model import load_model
 
@@ -136,6 +136,25 @@ def test_agreement_table_on_synthetic_faces(predictor):
     for name in [*CLASS_NAMES[1:], "overall"]:
         assert all(0.0 <= table[name][key] <= 1.0 for key in ("agreement", "chance", "contrast"))
     assert table["overall"]["faces"] == 3 * (len(CLASS_NAMES) - 1)
+
+
+def test_prototype_regions_follow_the_facs_prototypes():
+    assert prototype_regions("happy") == ["cheeks", "mouth"]  # AU6 cheek raiser, AU12 lip corner puller
+    assert prototype_regions("surprise") == ["brows", "eyes", "jaw"] and prototype_regions("neutral") == []
+
+
+def test_prototype_agreement_counts_only_faces_the_model_gets_right():
+    from emotion.synthetic import render_face
+
+    predictor = Predictor.from_model_dir(CPU_MODEL)
+    labels = [label for label in range(NUM_CLASSES) for _ in range(3)]
+    crops = [render_face(label, np.random.default_rng([5, label, i]), 80)[0][:, :, ::-1] for i, label in enumerate(labels)]
+    right = [r.label == CLASS_NAMES[label] for r, label in zip(predictor.classify_crops(crops), labels)]
+    table, tops = prototype_agreement(predictor, crops, labels, batch_size=5)
+    assert sum(sum(count.values()) for count in tops.values()) == sum(right) > len(labels) // 2
+    counted = sum(ok for ok, label in zip(right, labels) if prototype_regions(CLASS_NAMES[label]))
+    assert table["overall"]["faces"] == counted and table["neutral"] is None
+    assert table["happy"]["chance"] == pytest.approx(2 / 6)
 
 
 # A `cpu` preset model from `make quickstart`, kept small enough to commit (tests/fixtures/README.md says how to remake it).

@@ -249,6 +249,29 @@ def synthetic_agreement(predictor: Predictor, per_class: int = 25, seed: int = 0
     return agreement_by_class(weights, labels, truth)
 
 
+def prototype_agreement(predictor: Predictor, crops: Sequence[np.ndarray], labels: Sequence[int], batch_size: int = 64
+                        ) -> tuple[dict[str, dict[str, float] | None], dict[str, dict[str, int]]]:
+    """Real faces: per true class, how often the explanation's top region is one where the class's prototype actions
+    show (explain.prototype_regions), over the faces the model gets right (a wrong label explains another class);
+    and per class, how many of those faces each region tops. `crops`: BGR face crops in the canonical layout."""
+    from collections import Counter
+
+    from emotion.explain import agreement_by_class, prototype_regions, top_region
+
+    weights, kept = [], []
+    for start in range(0, len(crops), batch_size):
+        results = predictor.classify_crops(list(crops[start:start + batch_size]))
+        for result, label in zip(results, labels[start:start + batch_size]):
+            if result.label == predictor.class_names[int(label)]:
+                weights.append(result.explanation.region_weights)
+                kept.append(int(label))
+    tops: dict[str, Counter] = {}
+    for face_weights, label in zip(weights, kept):
+        tops.setdefault(predictor.class_names[label], Counter())[top_region(face_weights)] += 1
+    table = agreement_by_class(weights, kept, [prototype_regions(predictor.class_names[label]) for label in kept])
+    return table, {name: dict(count.most_common()) for name, count in tops.items()}
+
+
 # ------------------------------------------------------------------------------------------------
 # Tracking and smoothing
 # ------------------------------------------------------------------------------------------------
