@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emotion.errors import cli_main
 from emotion.explain import EXPLAIN_BY
 
 
@@ -91,13 +92,13 @@ def regions(args) -> dict:
     """Real faces: per class, how often the top region of a correctly labelled face's explanation is one where the
     class's FACS prototype actions show (chance: that share of the six regions), and which regions top them."""
     from emotion.data import load_splits
-    from emotion.evaluation import run_config_for
+    from emotion.evaluation import run_config_for, split_of
     from emotion.faces import Predictor, prototype_agreement
 
     predictor = Predictor.from_model_dir(args.model, explain_by=args.explain_by)
     config = run_config_for(Path(args.model))
     config.image_size = predictor.preprocess.image_size
-    data = load_splits(config)[args.split]
+    data = split_of(load_splits(config), args.split, config)
     if args.limit and args.limit < len(data):
         data = data.shuffle(seed=0).select(range(args.limit))
     crops = [np.asarray(image.convert("RGB"))[:, :, ::-1] for image in data["image"]]
@@ -134,10 +135,11 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main() -> None:
     args = parser().parse_args()
     print(json.dumps({"fps": fps, "agreement": agreement, "corners": corners, "regions": regions}[args.what](args), indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -182,6 +182,15 @@ def run_config_for(model_dir: Path):
     return TrainConfig.load(run_config) if run_config.is_file() else TrainConfig()
 
 
+def split_of(splits, split: str, config):
+    """One split of the loaded data set, or a one-line refusal naming the splits it has."""
+    if split not in splits:
+        raise EmotionError(f"--split {split}: the {config.dataset} data set"
+                           + (f" at {config.data_dir}" if config.data_dir else "")
+                           + f" has no {split} split (it has {', '.join(splits)}); choose one of those")
+    return splits[split]
+
+
 def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: str | None = None, split: str = "validation",
                          output_dir: Path | None = None, batch_size: int = 64, num_workers: int | None = None,
                          tta: str | None = None, save_predictions: bool = False,
@@ -211,11 +220,7 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
     accelerator = make_accelerator()
     with accelerator.main_process_first():
         splits = load_splits(config)
-    if split not in splits:
-        raise EmotionError(f"--split {split}: the {config.dataset} data set"
-                           + (f" at {config.data_dir}" if config.data_dir else "")
-                           + f" has no {split} split (it has {', '.join(splits)}); choose one of those")
-    data = splits[split]
+    data = split_of(splits, split, config)
     loader = build_dataloader(data, build_transform(model.image_size, model.mean, model.std, train=False), batch_size,
                               train=False, num_workers=config.num_workers if num_workers is None else num_workers)
     model, loader = accelerator.prepare(model, loader)

@@ -258,16 +258,14 @@ def prototype_agreement(predictor: Predictor, crops: Sequence[np.ndarray], label
 
     from emotion.explain import agreement_by_class, prototype_regions, top_region
 
-    weights, kept = [], []
+    weights, kept, tops = [], [], {}
     for start in range(0, len(crops), batch_size):
         results = predictor.classify_crops(list(crops[start:start + batch_size]))
         for result, label in zip(results, labels[start:start + batch_size]):
             if result.label == predictor.class_names[int(label)]:
                 weights.append(result.explanation.region_weights)
                 kept.append(int(label))
-    tops: dict[str, Counter] = {}
-    for face_weights, label in zip(weights, kept):
-        tops.setdefault(predictor.class_names[label], Counter())[top_region(face_weights)] += 1
+                tops.setdefault(result.label, Counter())[top_region(weights[-1])] += 1
     table = agreement_by_class(weights, kept, [prototype_regions(predictor.class_names[label]) for label in kept])
     return table, {name: dict(count.most_common()) for name, count in tops.items()}
 
