@@ -59,7 +59,7 @@ def analyse_photo(predictor: Predictor, image_rgb: np.ndarray | None):
     faces = sorted(predictor.predict(image), key=lambda f: -f.box[2] * f.box[3])  # largest face first
     if not faces:
         return image_rgb, None, [], NO_FACE, []
-    heat = image.copy()
+    heat = predictor.as_shown(image)  # the crops as the model saw them (its colour rule), under their attention
     for face in faces:
         draw_attention(heat, face)
     heatmaps = [(_rgb(_pixels(heat, f.crop_box)), f"face {i}: {f.label}") for i, f in enumerate(faces, start=1)]

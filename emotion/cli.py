@@ -179,23 +179,26 @@ def bench_parser() -> argparse.ArgumentParser:
     defaults = BenchSettings()
     parser = parser_for(
         "emotion-bench", "bench.py",
-        description="Measure on the current device: training images/s of the full model vs timm's plain classifier "
-                    "(same backbone, batch, precision), inference images/s and batch-1 latency, data-loader images/s "
-                    "(prepared Arrow dataset and raw image folder) and peak memory. Prints a markdown table, writes JSON.",
+        description="Measure on the current device: training images/s of the full model as a bare step and end to end "
+                    "(real loader and augmentation), at fp32 and at training's precision for this machine; timm's plain "
+                    "classifier (same backbone, batch, precision); inference images/s and batch-1 latency; data-loader "
+                    "images/s (prepared Arrow dataset and raw image folder); peak memory; the CPU's ISA. Prints a "
+                    "markdown table, writes JSON.",
     )
     parser.add_argument("--preset", default=defaults.preset, help="model and batch settings from a training preset")
     parser.add_argument("--backbone", default=None, help="timm backbone (default: the preset's)")
     add_number(parser, "--image-size", RANGES["image_size"], None, "input side in pixels (default: the preset's)")
     add_number(parser, "--batch-size", RANGES["batch_size"], None, "training batch size (default: the preset's)")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision, help="autocast precision (fp16 needs CUDA)")
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default=defaults.precision,
+                        help="autocast precision beside fp32: auto (training's choice for this machine) | fp32 | bf16 | fp16 (CUDA)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
-                        help="channels-last memory format for both models (the training flag of the same name)")
+                        help="channels-last memory format beside fp32 NCHW (the training flag of the same name; default: on, except on Apple GPUs)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile, help="torch.compile both models (warm-up steps absorb the compile)")
     add_number(parser, "--steps", Range(1, 10**6), defaults.steps, "steps per timed window")
     add_number(parser, "--warmup", Range(0, 10**6), defaults.warmup, "untimed steps first")
     add_number(parser, "--repeats", Range(1, 10**4), defaults.repeats, "timed windows; the fastest counts")
     add_number(parser, "--latency-runs", Range(1, 10**6), defaults.latency_runs, "batch-1 forwards; the median counts")
-    parser.add_argument("--data-dir", default=None, help="a prepared dataset directory (datasets save_to_disk) for the loader test (default: synthetic faces)")
+    parser.add_argument("--data-dir", default=None, help="a prepared dataset directory (datasets save_to_disk; e.g. ~/.cache/emotion/prepared/ferplus-KEY) for the end-to-end step and the loader test, with the preset's real-data settings (default: synthetic faces)")
     add_number(parser, "--loader-samples", Range(1, 10**7), defaults.loader_samples, "images per loader pass")
     add_number(parser, "--num-workers", RANGES["num_workers"], None, "DataLoader workers (default: the preset's)")
     add_number(parser, "--threads", Range(1, 1024), None,

@@ -24,11 +24,22 @@ DATASETS = ("synthetic", "imagefolder", "affectnet", "affectnet_plus", "ferplus"
 LABEL_MODES = ("majority", "soft")
 LR_SCHEDULES = ("plateau", "cosine", "wsd")
 ATTENTION_HEAD_INPUTS = ("log-map", "neutral-rise")
+INPUT_COLOURS = ("auto", "grey", "rgb")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
+# Training augmentation recipes (emotion.data.augment.AugmentRecipe fields over its defaults, which are "light").
+# light: a small random crop, mirror and colour jitter. domain: the variation faces from other sources bring, as a
+# face detector's boxes (scale, offset, tilt), cameras (blur, noise, gamma) and the scene (occlusion) vary.
+AUGMENT_RECIPES: dict[str, dict[str, Any]] = {
+    "light": {},
+    "domain": dict(area=(0.5, 1.1), ratio=(0.85, 1.18), rotate=15.0, translate=0.06, brightness=0.4, contrast=0.4,
+                   saturation=0.3, gamma=0.35, blur_prob=0.3, blur_sigma=1.2, noise_prob=0.3, noise_std=0.06,
+                   erase_prob=0.3, erase_area=(0.02, 0.15)),
+}
 # Keys that define a run: resuming with any of them changed would silently train a different model.
 RUN_DEFINING_KEYS = ("dataset", "data_dir", "synthetic_train", "synthetic_val", "backbone", "backbone_width", "image_size",
                      "output_stride", "proj_dim", "lstm_hidden", "lstm_layers", "attention", "batch_size", "grad_accum_steps",
                      "seed", "data_seed", "soft_labels", "label_mode", "subset", "face_margin", "val_fraction", "aux_loss_weight", "attention_loss_weight",
-                     "attention_head_input",
+                     "attention_head_input", "augment", "grey_prob", "input_colour", "logit_adjustment", "mixed_precision",
                      "classes", "label_order", "rafdb_images", "detect_faces", "select_metric")
 OUTPUT_STRIDES = (8, 16, 32)  # what timm's dilated backbones accept
 SEED_MAX = 2**32 - 1  # numpy's seed range
@@ -129,12 +140,21 @@ class TrainConfig:
                                                                     "look where expressions differ, what explanations name"})
     attention_head_input: str = field(default="log-map", metadata={"help": "what that classifier reads: log-map: the map's "
         "log | neutral-rise: only where the map rises over the batch's neutral faces, the rise explanations read"})
+    input_colour: str = field(default="auto", metadata={"help": "how faces are shown to the model, in training and every inference "
+                                                           "path (kept in config.json): grey | rgb | auto (grey when the training faces are grey)"})
+    # augmentation
+    augment: str = field(default="light", metadata={"help": "training augmentation: light (small crop, mirror, colour jitter) | "
+                                                   "domain (also scale, offset, tilt, blur, noise, gamma and occlusion, for faces from other sources)"})
+    grey_prob: float = field(default=0.0, metadata={"help": "share of training faces shown in grey, so an rgb model also serves grey input"})
     # optimisation
     epochs: int = field(default=30, metadata={"help": "training epochs"})
     batch_size: int = field(default=32, metadata={"help": "batch size per process"})
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    logit_adjustment: float = field(default=0.0, metadata={"help": "logit-adjusted loss (Menon et al. 2021): tau x log(training "
+                                                                   "class share) added to the logits in training only, so the "
+                                                                   "model's own scores are not pulled to the majority class (0 = off)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     grad_accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear learning-rate warm-up from lr/10"})
@@ -149,7 +169,11 @@ class TrainConfig:
                                              "(the data itself is drawn by --data-seed)"})
     # speed and scale
     sync_bn: bool = field(default=False, metadata={"help": "synchronise BatchNorm statistics across processes (GPUs only; no effect with 1 process)"})
-    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the convolutions (faster on tensor-core GPUs)"})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on a GPU or a CPU with AMX or AVX512-BF16, "
+                                                              "fp32 elsewhere) | no | bf16 | fp16 (CUDA); `accelerate launch "
+                                                              "--mixed_precision` wins over auto. Weights, loss and metrics stay fp32"})
+    channels_last: bool | None = field(default=None, metadata={"help": "channels-last memory format for the convolutions (default: "
+                                                                      "on, except on Apple GPUs)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (first steps slower while it compiles)"})
     # checkpoints and fault tolerance
     output_dir: str | None = field(default=None, metadata={"help": "run directory; it holds one run (default: results/<run-name>)"})
@@ -229,7 +253,7 @@ RANGES: dict[str, Range] = {
     "lr_factor": number(0, 1, low_open=True, high_open=True),
     "decay_fraction": number(0, 1, low_open=True),
     "checkpoint_every_steps": Range(0, 10**9), "keep_checkpoints": Range(0, 10**6), "max_bad_steps": Range(0, 10**9),
-    "baseline_accuracy": number(0, 100),
+    "baseline_accuracy": number(0, 100), "grey_prob": number(0, 1), "logit_adjustment": number(0, 10),
 }
 
 
@@ -255,8 +279,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # 11 epochs with a cosine lr fit the hour (51 min) and end at a low lr, where the plateau rule never lowered it in time.
 # dropout 0.3, the value FER+ was measured with (the synthetic preset's 0.1 is untried on real faces).
 REAL_DATA_OVERRIDES: dict[str, dict[str, Any]] = {
-    "cpu": dict(backbone_width=2.0, image_size=64, lstm_hidden=128, proj_dim=128, dropout=0.3, batch_size=32, epochs=11,
-                lr=1e-3, lr_schedule="cosine", class_weights="none", loader_cores=0),
+    "cpu": dict(backbone_width=2.0, image_size=64, lstm_hidden=128, proj_dim=128, dropout=0.3, batch_size=32, epochs=30,
+                lr=1e-3, lr_schedule="cosine", class_weights="none", loader_cores=0, num_workers=0, augment="domain",
+                logit_adjustment=0.5),
 }
 
 
@@ -396,6 +421,10 @@ def validate(config: TrainConfig) -> None:
         raise EmotionError(f"unknown --attention-head-input {config.attention_head_input!r}: choose {' or '.join(ATTENTION_HEAD_INPUTS)}")
     if config.lr_schedule not in LR_SCHEDULES:
         raise EmotionError(f"unknown --lr-schedule {config.lr_schedule!r}: choose {', '.join(LR_SCHEDULES[:-1])} or {LR_SCHEDULES[-1]}")
+    for flag, value, allowed in (("--augment", config.augment, tuple(AUGMENT_RECIPES)), ("--input-colour", config.input_colour, INPUT_COLOURS),
+                                 ("--mixed-precision", config.mixed_precision, MIXED_PRECISIONS)):
+        if value not in allowed:
+            raise EmotionError(f"unknown {flag} {value!r}: choose {', '.join(allowed)}")
     if config.nan_policy not in ("stop", "skip"):
         raise EmotionError(f"unknown --nan-policy {config.nan_policy!r}: choose stop or skip")
     if config.report_to not in ("wandb", "tensorboard", "all", "none"):

@@ -44,10 +44,11 @@ def predict(model, loader, accelerator, tta: str | None = None) -> Predictions:
     attention_sum, neutral_count, entropies, corners = None, 0, [], []
     neutral = CLASS_TO_ID["neutral"]
     for batch in loader:
-        logits, attention = model(batch["pixel_values"], return_attention=True)
+        inputs = loader.dataset.transform(batch)  # uint8 pixels -> the model's colour rule and normalisation
+        logits, attention = model(inputs, return_attention=True)
         probs = logits.float().softmax(dim=1)
         if tta == "hflip":
-            probs = (probs + model(batch["pixel_values"].flip(dims=[3])).float().softmax(dim=1)) / 2
+            probs = (probs + model(inputs.flip(dims=[3])).float().softmax(dim=1)) / 2
         loss = F.nll_loss(probs.clamp_min(1e-12).log(), batch["labels"], reduction="none")
         gathered = accelerator.gather_for_metrics((batch["index"], batch["labels"], probs, loss, attention.float()))
         for store, value in zip((indices, labels, probabilities, losses), gathered[:4]):
@@ -194,8 +195,10 @@ def split_of(splits, split: str, config):
 def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: str | None = None, split: str = "validation",
                          output_dir: Path | None = None, batch_size: int = 64, num_workers: int | None = None,
                          tta: str | None = None, save_predictions: bool = False,
-                         detect_faces: bool | None = None) -> dict[str, Any]:
-    """Evaluate a saved model on a split of its data set (or another) and write the report files."""
+                         detect_faces: bool | None = None, colour: str | None = None) -> dict[str, Any]:
+    """Evaluate a saved model on a split of its data set (or another) and write the report files.
+
+    `colour` ('grey' or 'rgb') overrides the model's colour rule, to measure what the rule buys."""
     from emotion.config import validate
     from emotion.data import build_dataloader, build_transform, load_splits
     from emotion.model import load_model
@@ -221,12 +224,14 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
     with accelerator.main_process_first():
         splits = load_splits(config)
     data = split_of(splits, split, config)
-    loader = build_dataloader(data, build_transform(model.image_size, model.mean, model.std, train=False), batch_size,
+    colour = colour or model.input_colour
+    loader = build_dataloader(data, build_transform(model.mean, model.std, train=False, colour=colour), batch_size,
                               train=False, num_workers=config.num_workers if num_workers is None else num_workers)
     model, loader = accelerator.prepare(model, loader)
     predictions = predict(model, loader, accelerator, tta=tta)
     report = compute_metrics(predictions.labels, predictions.predicted, class_names)
     report.update(model=str(model_dir), dataset=config.dataset, data_dir=config.data_dir, split=split, tta=tta or "none",
+                  input_colour=colour,
                   loss=predictions.loss, attention_entropy=predictions.attention_entropy,
                   attention_corner_share=predictions.corner_share,
                   attention_corner_chance=predictions.corner_chance)

@@ -39,9 +39,10 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, h, w = x.shape
         descriptor = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        attention = torch.softmax(self.conv(descriptor).flatten(1), dim=1).view(b, 1, h, w)
+        # fp32 under any autocast: a bf16 map sums to 1 only within 1e-3, and explanations read ratios of its cells.
+        attention = torch.softmax(self.conv(descriptor).flatten(1).float(), dim=1).view(b, 1, h, w)
         # Scale by the cell count so uniform attention leaves the features unchanged.
-        return x * attention * (h * w), attention[:, 0]
+        return x * (attention * (h * w)).to(x.dtype), attention[:, 0]
 
 
 def backbone_options(output_stride: int, width: float) -> dict:
@@ -80,6 +81,9 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         attention_head_input: str = "log-map",
         backbone_width: float = 1.0,
         face_margin: float | None = None,
+        input_colour: str = "rgb",
+        face_shift: Sequence[float] | None = None,
+        crop_rule: str | None = None,
     ) -> None:
         super().__init__()
         attention_head = attention_head and attention  # the head reads the spatial map: none without attention
@@ -99,6 +103,9 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             attention_prior=attention_prior, aux_head=aux_head, attention_head=attention_head,
             attention_head_input=attention_head_input, backbone_width=backbone_width,
             face_margin=face_margin,  # the crop rule's margin of the training faces, which the face pipeline applies too
+            input_colour=input_colour,  # grey | rgb: how every inference path must show a face to the model
+            face_shift=list(face_shift) if face_shift is not None else None,  # crop centre from the box's, in box sides
+            crop_rule=crop_rule,  # where face_margin and face_shift come from, in words
         )
         self.set_config("attention_head", attention_head)  # config.json too, which holds the arguments as given
         channels = self.backbone.num_features
@@ -123,6 +130,10 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
     @property
     def std(self) -> list[float]:
         return self.config["std"]
+
+    @property
+    def input_colour(self) -> str:
+        return self.config.get("input_colour") or "rgb"  # models saved before the rule was kept were shown colour
 
     @property
     def image_size(self) -> int:
@@ -197,14 +208,16 @@ def rise_over_neutral(attention: torch.Tensor, neutral: torch.Tensor | None) -> 
     return (attention.clamp_min(1e-12).log() - reference.mean(dim=0, keepdim=True).clamp_min(1e-12).log()).relu()
 
 
-def build_model(config) -> EmotionNet:
-    """The model a TrainConfig describes, with pretrained backbone weights when the config asks for them."""
+def build_model(config, input_colour: str = "rgb", crop: dict | None = None) -> EmotionNet:
+    """The model a TrainConfig describes, with the data's rules (`input_colour`; `crop`: face_margin, face_shift and
+    crop_rule, default the configured margin) and pretrained backbone weights when the config asks for them."""
     class_names = CLASS_LISTS[config.classes]
     model = EmotionNet(
         backbone=config.backbone, num_classes=len(class_names), class_names=class_names, image_size=config.image_size, output_stride=config.output_stride,
         proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden, lstm_layers=config.lstm_layers,
         dropout=config.dropout, attention=config.attention, aux_head=config.aux_loss_weight > 0, attention_head=config.attention_loss_weight > 0,
-        attention_head_input=config.attention_head_input, backbone_width=config.backbone_width, face_margin=config.face_margin,
+        attention_head_input=config.attention_head_input, backbone_width=config.backbone_width, input_colour=input_colour,
+        **(crop or {"face_margin": config.face_margin}),
     )
     if config.use_pretrained() or config.pretrained_path:
         model.load_backbone_weights(config.pretrained_path)

@@ -37,3 +37,40 @@ def leave_cores_free(count: int, processes: int = 1) -> None:
         return
     cores_per_process = max(1, (os.cpu_count() or 1) // processes)
     torch.set_num_threads(max(1, cores_per_process - count))
+
+
+def cpu_isa() -> str:
+    """The CPU's best matrix instructions as torch sees them: AMX-BF16, AVX512-BF16, or torch's capability (AVX2, ...)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX-BF16"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16"
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def choose_mixed_precision(requested: str = "auto") -> tuple[str, str]:
+    """The precision a run trains at ('no', 'bf16' or 'fp16') and why. `auto`: `accelerate launch --mixed_precision`
+    when given, else bf16 autocast where the hardware computes it natively (a GPU that supports it, a CPU with AMX
+    or AVX512-BF16), fp32 elsewhere (emulated bf16 on a CPU is slower than fp32)."""
+    if requested != "auto":
+        return requested, "--mixed-precision"
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched:
+        return launched, "accelerate launch --mixed_precision"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"auto: {torch.cuda.get_device_name()} computes bf16"
+        return "no", f"auto: {torch.cuda.get_device_name()} has no bf16"
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return "no", "auto: fp32 on an Apple GPU"
+    isa = cpu_isa()
+    if isa in ("AMX-BF16", "AVX512-BF16"):
+        return "bf16", f"auto: the CPU has {isa}"
+    return "no", f"auto: the CPU has no native bf16 ({isa})"
+
+
+def use_channels_last(requested: bool | None) -> bool:
+    """Channels-last convolutions unless told otherwise; off by default on Apple GPUs."""
+    if requested is not None:
+        return requested
+    return not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())

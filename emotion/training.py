@@ -23,13 +23,16 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 from emotion import card, checkpoint, tracking
-from emotion.config import TrainConfig
-from emotion.data import build_dataloader, build_transform, class_counts, class_weights, load_splits
+from emotion.config import AUGMENT_RECIPES, TrainConfig
+from emotion.data import (AugmentRecipe, build_dataloader, build_transform, choose_input_colour, class_counts,
+                          class_weights, decoded_pixels, load_splits)
 from emotion.errors import EmotionError
+from emotion.data.prepare import faces_come_cropped
 from emotion.evaluation import compute_metrics, predict
-from emotion.losses import build_criterion
+from emotion.faces.detect import build_detector, estimate_crop_rule
+from emotion.losses import build_criterion, logit_offsets
 from emotion.model import build_model, speed_up
-from emotion.runtime import make_accelerator, share_cpu_cores
+from emotion.runtime import choose_mixed_precision, make_accelerator, share_cpu_cores, use_channels_last
 
 NAN_EXIT_CODE = 3
 # After this many epochs a run whose balanced accuracy is below STALL_MARGIN x chance gets a one-line warning.
@@ -50,6 +53,7 @@ class TrainingDiverged(EmotionError):
 def build_accelerator(config: TrainConfig, output_dir: Path):
     log_with = {"none": None, "all": ["wandb", "tensorboard"]}.get(config.report_to, [config.report_to])
     return make_accelerator(
+        mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
@@ -65,6 +69,19 @@ def sync_batchnorm(model: torch.nn.Module, config: TrainConfig, accelerator: Acc
         return model  # CPU processes were refused --sync-bn with the flags (config_from_args)
     # timm's converter keeps the fused activation of BatchNormAct2d, which torch's own would drop.
     return timm.layers.convert_sync_batchnorm(model)
+
+
+def crop_rule(config: TrainConfig, pixels: np.ndarray) -> dict[str, Any]:
+    """How the face pipeline must cut a detected face to frame it as the training faces are framed (config.json keeps
+    it): measured with the demo's detector when the data set's faces come cropped, else the configured margin."""
+    configured = {"face_margin": config.face_margin, "face_shift": [0.0, 0.0],
+                  "crop_rule": "the face box grown by --face-margin, as the training crops were cut"}
+    if not faces_come_cropped(config):
+        return configured
+    measured = estimate_crop_rule(pixels, build_detector())
+    if measured is None:
+        return {**configured, "crop_rule": "--face-margin: the detector found too few of the training faces to measure a rule"}
+    return measured
 
 
 def resume_command(config: TrainConfig) -> str:
@@ -86,18 +103,29 @@ def resume_command(config: TrainConfig) -> str:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, validate each epoch, checkpoint, keep the best model. Returns the final summary."""
     output_dir = config.resolved_output_dir()
+    # The machine's choice is part of the run: resuming it at another precision is refused with the other settings.
+    config.mixed_precision, precision_reason = choose_mixed_precision(config.mixed_precision)
     checkpoint.accept_run(output_dir, config)  # before anything is built, loaded or written
     accelerator = build_accelerator(config, output_dir)
+    channels_last = use_channels_last(config.channels_last)
+    accelerator.print(f"precision: {'fp32' if config.mixed_precision == 'no' else config.mixed_precision + ' autocast'} "
+                      f"({precision_reason}); {'channels-last' if channels_last else 'NCHW'} memory format")
     set_seed(config.seed)
     share_cpu_cores(accelerator, config.num_workers if config.loader_cores is None else config.loader_cores)
 
-    # Data: the main process builds the Arrow cache first, the others reuse it.
+    # Data: the main process builds the Arrow cache (and its decoded pixels) first, the others reuse it.
     with accelerator.main_process_first():
         splits = load_splits(config)
-    model = speed_up(sync_batchnorm(build_model(config), config, accelerator), config.channels_last, config.compile)
-    train_loader = build_dataloader(splits["train"], build_transform(config.image_size, model.mean, model.std, train=True),
+        colour, colour_reason = choose_input_colour(config.input_colour, decoded_pixels(splits["train"]))
+    accelerator.print(f"input colour: {colour} ({colour_reason})")
+    crop = crop_rule(config, decoded_pixels(splits["train"]))
+    accelerator.print(f"crop rule: a detected face is cut {crop['face_margin']:g} of its side wider on each side, "
+                      f"centre moved by {tuple(crop['face_shift'])} sides ({crop['crop_rule']})")
+    model = speed_up(sync_batchnorm(build_model(config, colour, crop), config, accelerator), channels_last, config.compile)
+    recipe = AugmentRecipe(**{**AUGMENT_RECIPES[config.augment], "grey_prob": config.grey_prob})
+    train_loader = build_dataloader(splits["train"], build_transform(model.mean, model.std, True, recipe, colour, channels_last),
                                     config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
-    val_loader = build_dataloader(splits["validation"], build_transform(config.image_size, model.mean, model.std, train=False),
+    val_loader = build_dataloader(splits["validation"], build_transform(model.mean, model.std, False, None, colour, channels_last),
                                   config.batch_size, train=False, num_workers=config.num_workers, seed=config.seed)
     class_names = splits["train"].features["label"].names
     counts = class_counts(splits["train"])
@@ -113,7 +141,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     accelerator.register_for_checkpointing(scheduler)
     criterion = build_criterion(torch.tensor(weights, dtype=torch.float32, device=accelerator.device),
-                                config.label_smoothing, soft=config.trains_on_soft_labels())
+                                config.label_smoothing, soft=config.trains_on_soft_labels(),
+                                offsets=logit_offsets(counts, config.logit_adjustment))
 
     # Everything the loop needs beyond Accelerate's own state; saved as trainer_state.json in each checkpoint.
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "epoch_complete": False,
@@ -219,6 +248,7 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
     train_loader.dataset.set_epoch(state["epoch"])
     skip_batches = skip_steps * config.grad_accum_steps
     loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+    augment = train_loader.dataset.transform  # on whole batches, on the training device
     progress = tqdm(total=steps_per_epoch, initial=skip_steps, desc=f"epoch {state['epoch'] + 1}/{config.epochs}",
                     disable=not accelerator.is_local_main_process, mininterval=1 if sys.stderr.isatty() else 30)
     images = 0
@@ -232,7 +262,7 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
             with accelerator.accumulate(model):
                 if config.nan_policy == "skip" and window_batches == 0:  # what a skipped step restores
                     good_stats = [buffer.detach().clone() for buffer in running_stats]
-                logits, aux_logits = model(batch["pixel_values"], return_aux=True, labels=batch["labels"])
+                logits, aux_logits = model(augment(batch), return_aux=True, labels=batch["labels"])
                 loss = criterion(logits, batch)
                 for weight, head_logits in zip((config.aux_loss_weight, config.attention_loss_weight), aux_logits):
                     if head_logits is not None:

@@ -6,7 +6,8 @@ from emotion.cli import bench_main
 KEYS = ("device", "backbone", "precision", "train_images_per_second", "timm_train_images_per_second", "train_ratio",
         "inference_images_per_second", "latency_ms_batch1", "loader_arrow_images_per_second",
         "loader_folder_images_per_second", "loader_arrow_ratio", "loader_folder_ratio", "peak_rss_mb",
-        "cuda_max_allocated_mb", "targets")
+        "cuda_max_allocated_mb", "targets", "cpu_isa", "fp32_bare_images_per_second", "fp32_end_to_end_images_per_second",
+        "end_to_end_images_per_second", "end_to_end_ratio", "speedup_over_fp32", "precision_reason")
 
 
 def test_bench_prints_table_and_writes_json(tmp_path, cache_dir, capsys):
@@ -21,10 +22,14 @@ def test_bench_prints_table_and_writes_json(tmp_path, cache_dir, capsys):
                 "loader_arrow_images_per_second", "loader_folder_images_per_second", "peak_rss_mb"):
         assert result[key] > 0, key
     assert result["train_ratio"] == result["train_images_per_second"] / result["timm_train_images_per_second"]
+    assert result["end_to_end_ratio"] == result["end_to_end_images_per_second"] / result["train_images_per_second"]
+    assert result["speedup_over_fp32"] == result["end_to_end_images_per_second"] / result["fp32_end_to_end_images_per_second"]
+    assert result["cpu_isa"] in ("AMX-BF16", "AVX512-BF16") or result["precision"] == "fp32"  # auto: bf16 only with native support
     assert result["backbone"] == "test_efficientnet" and result["batch_size"] == 4 and result["loader_samples"] == 8
     table = capsys.readouterr().out
     assert "| full / timm training ratio |" in table and "| inference latency ms, batch 1 (median) |" in table
     assert "loader images/s, Arrow" in table and "raw JPEG folder" in table and str(output) in table
+    assert "| end-to-end training images/s, fp32 NCHW |" in table and "x the bare step" in table
 
 
 def test_bench_rejects_fp16_on_cpu_and_a_missing_dataset(tmp_path, capsys):

@@ -37,7 +37,7 @@ def test_hard_and_soft_labels_and_report(release, tmp_path):
     assert {r: v["count"] for r, v in report["skipped"].items()} == {
         "bad_annotation": 1, "bad_soft_label": 1, "missing_file": 1, "missing_label_key": 1}
     assert {r: v["count"] for r, v in report["excluded"].items()} == {"uncertain": 1}
-    loader = build_dataloader(train, build_transform(32, (0.5,) * 3, (0.5,) * 3, train=True), batch_size=8, train=True)
+    loader = build_dataloader(train, build_transform((0.5,) * 3, (0.5,) * 3, train=True), batch_size=8, train=True)
     batch = next(iter(loader))
     assert batch["soft_labels"].shape == (8, 8) and torch.allclose(batch["soft_labels"].sum(1), torch.ones(8))
 

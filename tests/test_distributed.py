@@ -27,8 +27,10 @@ from conftest import ROOT
 # the same runs with BatchNorm differ by 1.2e-2.
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 5e-4
+# fp32 on both sides (the launcher's --mixed_precision no, and the flag for the single process, whose auto could pick
+# bf16): the tolerances above are float32 summation order.
 COMMON = ["--preset", "tiny", "--backbone", "test_efficientnet_gn", "--dropout", "0", "--class-weights", "none",
-          "--epochs", "2"]  # two epochs: the second checks the augmentation epoch reaches every rank
+          "--epochs", "2", "--mixed-precision", "no"]  # two epochs: the second checks the augmentation epoch reaches every rank
 
 
 def _start(command: list[str], env: dict) -> subprocess.Popen:

@@ -55,7 +55,7 @@ SCRIPTS = {  # what a command names -> the entry point it runs
     "webcam_demo.py": "demo", "emotion-demo": "demo", "emotion-prepare": "prepare", "emotion.prepare": "prepare",
     "emotion-export": "export", "emotion-push": "push", "emotion-app": "app", "emotion.app": "app",
     "emotion-bench": "bench", "benchmarks/bench.py": "bench", "benchmarks/seeds.py": "seeds",
-    "benchmarks/demo_bench.py": "demo_bench",
+    "benchmarks/demo_bench.py": "demo_bench", "benchmarks/cross_dataset.py": "cross_dataset",
 }
 
 
@@ -160,7 +160,7 @@ def run_command(name: str, args: list[str], cache_dir: Path, done: set) -> None:
         assert cli.eval_main(args) == 0
     elif name == "demo" and quickstart and "--no-display" in args:
         assert cli.demo_main([*args, "--max-frames", "3"]) == 0
-    elif name in ("seeds", "demo_bench"):  # benchmarks/X.py: its parser, and for seeds.py the training flags after --
+    elif name in ("seeds", "demo_bench", "cross_dataset"):  # benchmarks/X.py: its parser, and for seeds.py the training flags after --
         own, training = (args[:args.index("--")], args[args.index("--") + 1:]) if "--" in args else (args, [])
         benchmark(name).parser().parse_args(own)
         cli.train_parser().parse_args(training)

@@ -37,11 +37,11 @@ def test_best_model_reloads_to_identical_logits(tiny_run, cache_dir):
     again = load_model(tiny_run / "best_model").eval()
     config = TrainConfig.load(tiny_run / "config.json")
     splits = load_splits(config)
-    loader = build_dataloader(splits["validation"], build_transform(model.image_size, model.mean, model.std, train=False),
+    loader = build_dataloader(splits["validation"], build_transform(model.mean, model.std, train=False, colour=model.input_colour),
                               batch_size=8, train=False)
-    batch = next(iter(loader))
+    inputs = loader.dataset.transform(next(iter(loader)))
     with torch.no_grad():
-        assert torch.equal(model(batch["pixel_values"]), again(batch["pixel_values"]))
+        assert torch.equal(model(inputs), again(inputs))
     best = json.loads((tiny_run / "best_model" / "metrics.json").read_text())
     history = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert best["val_accuracy"] == max(r["val_accuracy"] for r in history)
@@ -68,22 +68,25 @@ def test_bad_flag_value_is_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "--data-dir" in result.stderr
 
 
-def test_eval_preprocess_equals_the_eval_transform():
-    """The demo's fast path gives the very numbers training's eval transform gives, square or not."""
-    from PIL import Image
-
+@pytest.mark.parametrize("colour", ["rgb", "grey"])
+def test_eval_preprocess_equals_the_loaders_eval_transform(colour):
+    """The demo's fast path gives the very numbers validation gives for a face at the model's size, in either colour
+    rule; other sizes are resized and centre-cropped first."""
     from emotion.data.transforms import eval_preprocess
 
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(129, 129, 3), (100, 140, 3), (141, 97, 3), (40, 50, 3),
-                                                                         (80, 80, 3)]]
+    faces = rng.integers(0, 256, (5, 80, 80, 3), dtype=np.uint8)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    transform = build_transform(80, mean, std, train=False)
-    expected = np.stack([transform(Image.fromarray(image)).numpy() for image in images])
-    got = eval_preprocess(images, 80, mean, std)
+    expected = build_transform(mean, std, train=False, colour=colour)({"pixels": torch.from_numpy(faces)}).numpy()
+    got = eval_preprocess(list(faces), 80, mean, std, colour=colour)
     assert got.shape == (5, 3, 80, 80) and got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
-    np.testing.assert_array_equal(eval_preprocess([image[:, :, ::-1] for image in images], 80, mean, std, bgr=True), expected)
+    np.testing.assert_array_equal(eval_preprocess([face[:, :, ::-1] for face in faces], 80, mean, std, bgr=True, colour=colour),
+                                  expected)
+    if colour == "grey":
+        assert (got[:, 0] * std[0] + mean[0] == pytest.approx(got[:, 1] * std[1] + mean[1], abs=1e-6))
+    wide = rng.integers(0, 256, (100, 140, 3), dtype=np.uint8)
+    assert eval_preprocess([wide], 80, mean, std, colour=colour).shape == (1, 3, 80, 80)
 
 
 def test_nan_skip_under_fp16_keeps_the_grad_scaler_and_batchnorm_statistics(tmp_path, cache_dir, monkeypatch):
@@ -98,6 +101,7 @@ def test_nan_skip_under_fp16_keeps_the_grad_scaler_and_batchnorm_statistics(tmp_
     from emotion.cli import train_main
 
     def fp16_accelerator(**kwargs):
+        kwargs.pop("mixed_precision", None)  # the run's own choice (auto), replaced by fp16 here
         # Accelerate gives fp16 a grad scaler on GPUs only; torch's CPU scaler runs the same unscale/step/update protocol.
         # (fp16 autocast itself is left off: emulated on a CPU it is slow, and the scaler is what this test is about.)
         accelerator = Accelerator(mixed_precision="fp16", kwargs_handlers=[AutocastKwargs(enabled=False)], **kwargs)
@@ -107,8 +111,8 @@ def test_nan_skip_under_fp16_keeps_the_grad_scaler_and_batchnorm_statistics(tmp_
     build_model = training.build_model
     seen = {}
 
-    def model_with_a_nan_image(config):
-        model = build_model(config)
+    def model_with_a_nan_image(config, *rules):
+        model = build_model(config, *rules)
         forwards = itertools.count(1)
 
         def poison_third_training_batch(module, args):

@@ -146,6 +146,14 @@ def face_options(config) -> dict[str, Any]:
     return {"detect_faces": True, "face_margin": config.face_margin} if config.detect_faces else {}
 
 
+def faces_come_cropped(config) -> bool:
+    """Whether the training images are face crops made by the data set's own cropper (FER+, FER2013, RAF-DB aligned,
+    AffectNet+, folders of faces), not crops of face boxes by --face-margin (AffectNet's boxes, --detect-faces)."""
+    if config.dataset in ("synthetic", "affectnet") or config.detect_faces:
+        return False
+    return not (config.dataset == "rafdb" and config.rafdb_images == "original")
+
+
 @functools.lru_cache(maxsize=1)
 def _face_detector():
     return build_detector()

@@ -1,40 +1,33 @@
-"""Train and eval transforms (torchvision v2) on PIL images; normalisation numbers come from the model config."""
+"""Train and eval transforms of the loaders (batched, emotion.data.augment) and the same eval steps for single crops
+of any size (the face pipeline); normalisation numbers and the colour rule come from the model config."""
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms import v2
+
+from emotion.data.augment import Augment, AugmentRecipe, EvalTransform, grey_uint8
 
 
-def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float], train: bool) -> v2.Compose:
+def build_transform(mean: Sequence[float], std: Sequence[float], train: bool, recipe: AugmentRecipe | None = None,
+                    colour: str = "rgb", channels_last: bool = True) -> EvalTransform:
+    """The batch transform of a loader: `Augment` with `recipe` (default: the light one) for training, else the eval
+    steps; both apply the model's colour rule and normalisation."""
     if train:
-        steps = [
-            v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-            v2.RandomHorizontalFlip(),  # contempt is one-sided either way, so a mirror keeps every label
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2),  # no hue jitter: ~40% of augmentation time, little gain
-        ]
-    else:
-        steps = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose([
-        v2.RGB(),
-        *steps,
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ])
+        return Augment(recipe or AugmentRecipe(), mean, std, colour, channels_last)
+    return EvalTransform(mean, std, colour, channels_last)
 
 
 def eval_preprocess(images: Sequence[np.ndarray], image_size: int, mean: Sequence[float], std: Sequence[float],
-                    bgr: bool = False) -> np.ndarray:
-    """`build_transform(train=False)` for uint8 RGB arrays (`bgr`: OpenCV's order, read without a conversion copy),
+                    bgr: bool = False, colour: str = "rgb") -> np.ndarray:
+    """The eval transform for uint8 RGB arrays of any size (`bgr`: OpenCV's order, read without a conversion copy),
     batched: (N, 3, S, S) float32.
 
-    The same PIL bilinear resize of the short side, centre crop and normalisation, without torchvision's
-    per-image dispatch (the live demo pays this every frame); a test holds the two equal, bit for bit.
+    A PIL bilinear resize of the short side and a centre crop (a face cropped at the model's size needs neither),
+    then the model's colour rule and the normalisation in the same float32 steps as `EvalTransform`; a test holds
+    the two equal, bit for bit.
     """
     batch = np.empty((len(images), 3, image_size, image_size), np.float32)
     table = _normalisation_table(tuple(mean), tuple(std))
@@ -48,6 +41,8 @@ def eval_preprocess(images: Sequence[np.ndarray], image_size: int, mean: Sequenc
             pixels = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))  # per channel: any channel order
             top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))
             pixels = pixels[top:top + image_size, left:left + image_size]
+        if colour == "grey":
+            pixels = grey_uint8(pixels[:, :, ::-1] if bgr else pixels)  # the same grey in any channel order
         for channel in range(3):
             np.take(table[channel], pixels[:, :, 2 - channel if bgr else channel], out=batch[i, channel])
     return batch

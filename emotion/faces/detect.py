@@ -167,9 +167,17 @@ def face_margin(config: Mapping) -> float:
     return float(TrainConfig.face_margin if margin is None else margin)
 
 
-def crop_region(width: int, height: int, box: tuple[float, float, float, float] | None, margin: float) -> Region:
+def face_shift(config: Mapping) -> tuple[float, float]:
+    """How far a model's crops sit from the detector's box centre, in box sides (x, y); (0, 0) unless measured."""
+    shift = config.get("face_shift") or (0.0, 0.0)
+    return float(shift[0]), float(shift[1])
+
+
+def crop_region(width: int, height: int, box: tuple[float, float, float, float] | None, margin: float,
+                shift: tuple[float, float] = (0.0, 0.0)) -> Region:
     """The face crop (x0, y0, x1, y1): a square of the box's longer side grown by `margin` per side, centred on the
-    box and clipped to the image (so a face at the edge gives a narrower crop); no box: the centre square."""
+    box (moved by `shift` x the longer side) and clipped to the image (so a face at the edge gives a narrower crop);
+    no box: the centre square."""
     if box is None:
         side = min(width, height)
         x0, y0 = (width - side) // 2, (height - side) // 2
@@ -180,7 +188,7 @@ def crop_region(width: int, height: int, box: tuple[float, float, float, float] 
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         raise NoCrop("box_outside_image")
     side = max(w, h) * (1 + 2 * margin)
-    cx, cy = x + w / 2, y + h / 2
+    cx, cy = x + w / 2 + shift[0] * max(w, h), y + h / 2 + shift[1] * max(w, h)
     wanted = (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
     region = (max(0, wanted[0]), max(0, wanted[1]), min(width, wanted[2]), min(height, wanted[3]))
     if region[2] - region[0] < 2 or region[3] - region[1] < 2:
@@ -196,3 +204,44 @@ def crop_face(image: np.ndarray, region: Region, size: int) -> np.ndarray:
     x0, y0, x1, y1 = region
     pixels = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
     return np.asarray(pixels.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
+
+
+# Training faces are upscaled to this side for the detector (Haar needs faces well above its 24-px window).
+RULE_DETECT_SIDE = 192
+# Context added around each training face before detection: a detector rarely fires on a face that fills the image.
+RULE_PAD = 0.25
+RULE_SAMPLE = 400
+RULE_MIN_FOUND = 0.3  # below this share of faces found, the rule is not measured and the configured margin stays
+
+
+def estimate_crop_rule(pixels: np.ndarray, detector: FaceDetector, sample: int = RULE_SAMPLE) -> dict | None:
+    """The crop rule that frames a detected face as a set of already-cropped training faces is framed.
+
+    The detector runs on up to `sample` training faces (uint8 (N, S, S, 3) RGB, evenly spread, upscaled, edges
+    replicated around them). For each face it finds, the training crop is expressed in units of the box: the margin
+    ((crop side / box side - 1) / 2) and the shift of the crop's centre from the box's. The medians are the rule the
+    face pipeline applies to a detected box; None when it finds too few faces to tell.
+    """
+    if len(pixels) == 0:
+        return None
+    picked = np.linspace(0, len(pixels) - 1, min(sample, len(pixels))).astype(np.int64)
+    pad = int(round(RULE_PAD * RULE_DETECT_SIDE))
+    margins, shifts = [], []
+    for i in picked:
+        face = cv2.resize(np.ascontiguousarray(pixels[i][:, :, ::-1]), (RULE_DETECT_SIDE, RULE_DETECT_SIDE),
+                          interpolation=cv2.INTER_CUBIC)
+        framed = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        boxes = detector.detect(framed)
+        if not boxes:
+            continue
+        x, y, w, h = max(boxes, key=lambda b: b[2] * b[3])
+        side = max(w, h)
+        margins.append((RULE_DETECT_SIDE / side - 1) / 2)
+        centre = pad + RULE_DETECT_SIDE / 2
+        shifts.append(((centre - (x + w / 2)) / side, (centre - (y + h / 2)) / side))
+    found = len(margins) / len(picked)
+    if found < RULE_MIN_FOUND:
+        return None
+    shift = np.median(np.asarray(shifts), axis=0)
+    return {"face_margin": round(float(np.median(margins)), 4), "face_shift": [round(float(v), 4) for v in shift],
+            "crop_rule": f"measured: the detector's box on {len(margins)} of {len(picked)} training faces"}

@@ -23,7 +23,8 @@ from emotion.errors import EmotionError
 from emotion.explain import (EXPLAIN_BY, MIN_CONFIDENCE, Explanation, baseline_weights, explain, occluded_copies,
                              occlusion_weights)
 from emotion.labels import CLASS_NAMES
-from emotion.faces.detect import Box, FaceDetector, NoCrop, build_detector, crop_face, crop_region, face_margin
+from emotion.faces.detect import (Box, FaceDetector, NoCrop, build_detector, crop_face, crop_region, face_margin,
+                                  face_shift)
 
 ONNX_INPUT = "pixel_values"
 ONNX_OUTPUTS = ("logits", "attention")
@@ -94,16 +95,18 @@ def load_runner(model: str | os.PathLike):
 
 
 class Preprocessor:
-    """BGR face crops -> the normalised float batch the model was trained on (training's eval transform)."""
+    """BGR face crops -> the normalised float batch the model was trained on (training's eval transform, with the
+    model's colour rule: a model trained on grey faces is shown grey ones)."""
 
     def __init__(self, config: dict) -> None:
         self.image_size = int(config["image_size"])
         self.mean, self.std = config["mean"], config["std"]
+        self.colour = config.get("input_colour") or "rgb"  # models saved before the rule was kept were shown colour
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         from emotion.data.transforms import eval_preprocess
 
-        return eval_preprocess(crops, self.image_size, self.mean, self.std, bgr=True)
+        return eval_preprocess(crops, self.image_size, self.mean, self.std, bgr=True, colour=self.colour)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,7 +165,7 @@ class Predictor:
         self.preprocess = Preprocessor(runner.config)
         self.class_names = list(runner.config["class_names"])
         self.baseline = baseline_weights(runner.config.get("attention_prior"))
-        self.margin = face_margin(runner.config)
+        self.margin, self.shift = face_margin(runner.config), face_shift(runner.config)
         self.min_confidence = min_confidence
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
 
@@ -184,6 +187,12 @@ class Predictor:
     def detect(self, image: np.ndarray) -> list[Box]:
         return self._timed("detect", self.detector.detect, image)
 
+    def as_shown(self, image: np.ndarray) -> np.ndarray:
+        """A BGR image as the model is shown it: grey for a grey-rule model (the same grey its crops get), else a copy."""
+        from emotion.data.augment import grey_uint8
+
+        return grey_uint8(image[:, :, ::-1]) if self.preprocess.colour == "grey" else image.copy()
+
     def predict(self, image: np.ndarray) -> list[FaceResult]:
         """Detect every face in a BGR image and classify each."""
         return self.classify(image, self.detect(image))
@@ -194,7 +203,7 @@ class Predictor:
         kept, squares, crops = [], [], []
         for box in boxes:
             try:
-                x0, y0, x1, y1 = crop_region(width, height, box, self.margin)
+                x0, y0, x1, y1 = crop_region(width, height, box, self.margin, self.shift)
             except NoCrop:
                 continue
             kept.append(tuple(box))
