@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from emotion.checkpoint import write_json_atomic
-from emotion.config import AUGMENT_RECIPES, PRESETS, REAL_DATA_OVERRIDES, TrainConfig
-from emotion.data import AugmentRecipe, build_dataloader, build_transform, choose_input_colour, decoded_pixels
+from emotion.config import PRESETS, REAL_DATA_OVERRIDES, TrainConfig
+from emotion.data import build_dataloader, build_transform, choose_input_colour, decoded_pixels, recipe_for
 from emotion.errors import EmotionError
 from emotion.labels import NUM_CLASSES
 from emotion.model import build_model, speed_up
@@ -171,8 +171,7 @@ def train_speed(model: torch.nn.Module, config: TrainConfig, settings: BenchSett
                 step(images, labels)
     else:
         colour, _ = choose_input_colour(config.input_colour, decoded_pixels(split))
-        recipe = AugmentRecipe(**{**AUGMENT_RECIPES[config.augment], "grey_prob": config.grey_prob})
-        augment = build_transform((0.5,) * 3, (0.5,) * 3, True, recipe, colour, channels_last)
+        augment = build_transform((0.5,) * 3, (0.5,) * 3, True, recipe_for(config), colour, channels_last)
         loader = build_dataloader(split, augment, config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
         batches = endless(loader)
 
@@ -262,8 +261,7 @@ def data_speed(split: datasets.Dataset, config: TrainConfig, settings: BenchSett
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    recipe = AugmentRecipe(**{**AUGMENT_RECIPES[config.augment], "grey_prob": config.grey_prob})
-    arrow = build_dataloader(split, build_transform(mean, std, True, recipe), config.batch_size, train=True,
+    arrow = build_dataloader(split, build_transform(mean, std, True, recipe_for(config)), config.batch_size, train=True,
                              num_workers=config.num_workers, seed=config.seed)
     result = {"samples": len(split), "num_workers": config.num_workers, "arrow_images_per_second": loader_speed(arrow, settings.repeats)}
     folder = Path(tempfile.mkdtemp(prefix="emotion-bench-"))

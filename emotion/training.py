@@ -23,9 +23,9 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 from emotion import card, checkpoint, tracking
-from emotion.config import AUGMENT_RECIPES, TrainConfig
-from emotion.data import (AugmentRecipe, build_dataloader, build_transform, choose_input_colour, class_counts,
-                          class_weights, decoded_pixels, load_splits)
+from emotion.config import TrainConfig
+from emotion.data import (build_dataloader, build_transform, choose_input_colour, class_counts, class_weights,
+                          decoded_pixels, load_splits, recipe_for)
 from emotion.errors import EmotionError
 from emotion.data.prepare import faces_come_cropped
 from emotion.evaluation import compute_metrics, predict
@@ -116,13 +116,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # Data: the main process builds the Arrow cache (and its decoded pixels) first, the others reuse it.
     with accelerator.main_process_first():
         splits = load_splits(config)
-        colour, colour_reason = choose_input_colour(config.input_colour, decoded_pixels(splits["train"]))
+        train_pixels = decoded_pixels(splits["train"])
+        colour, colour_reason = choose_input_colour(config.input_colour, train_pixels)
     accelerator.print(f"input colour: {colour} ({colour_reason})")
-    crop = crop_rule(config, decoded_pixels(splits["train"]))
+    crop = crop_rule(config, train_pixels)
     accelerator.print(f"crop rule: a detected face is cut {crop['face_margin']:g} of its side wider on each side, "
                       f"centre moved by {tuple(crop['face_shift'])} sides ({crop['crop_rule']})")
     model = speed_up(sync_batchnorm(build_model(config, colour, crop), config, accelerator), channels_last, config.compile)
-    recipe = AugmentRecipe(**{**AUGMENT_RECIPES[config.augment], "grey_prob": config.grey_prob})
+    recipe = recipe_for(config)
     train_loader = build_dataloader(splits["train"], build_transform(model.mean, model.std, True, recipe, colour, channels_last),
                                     config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
     val_loader = build_dataloader(splits["validation"], build_transform(model.mean, model.std, False, None, colour, channels_last),

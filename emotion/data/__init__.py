@@ -7,10 +7,10 @@ absent). Knows nothing of the model: preprocessing numbers come in as arguments.
 """
 from __future__ import annotations
 
-from emotion.data.augment import AugmentRecipe
+from emotion.data.augment import AugmentRecipe, recipe_for
 from emotion.data.loaders import (build_dataloader, choose_input_colour, class_counts, class_weights, decoded_pixels,
                                   load_splits)
 from emotion.data.transforms import build_transform
 
 __all__ = ["AugmentRecipe", "build_dataloader", "build_transform", "choose_input_colour", "class_counts", "class_weights",
-           "decoded_pixels", "load_splits"]
+           "decoded_pixels", "load_splits", "recipe_for"]

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emotion.config import AUGMENT_RECIPES
+
 COLOURS = ("rgb", "grey")
 # ITU-R 601 luma, in thousandths (PIL's "L" mode): integer weights make the eval path exact in numpy and torch alike.
 LUMA = (299, 587, 114)
@@ -47,6 +49,11 @@ class AugmentRecipe:
     erase_prob: float = 0.0
     erase_area: tuple[float, float] = (0.02, 0.15)
     grey_prob: float = 0.0
+
+
+def recipe_for(config) -> AugmentRecipe:
+    """The training recipe a TrainConfig names (`--augment`), with its `--grey-prob`."""
+    return AugmentRecipe(**{**AUGMENT_RECIPES[config.augment], "grey_prob": config.grey_prob})
 
 
 def grey_uint8(pixels: np.ndarray) -> np.ndarray:
