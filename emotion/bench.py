@@ -171,7 +171,7 @@ def train_speed(model: torch.nn.Module, config: TrainConfig, settings: BenchSett
                 step(images, labels)
     else:
         colour, _ = choose_input_colour(config.input_colour, decoded_pixels(split))
-        augment = build_transform((0.5,) * 3, (0.5,) * 3, True, recipe_for(config), colour, channels_last)
+        augment = build_transform((0.5,) * 3, (0.5,) * 3, True, recipe_for(config.augment, config.grey_prob), colour, channels_last)
         loader = build_dataloader(split, augment, config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
         batches = endless(loader)
 
@@ -261,7 +261,7 @@ def data_speed(split: datasets.Dataset, config: TrainConfig, settings: BenchSett
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    arrow = build_dataloader(split, build_transform(mean, std, True, recipe_for(config)), config.batch_size, train=True,
+    arrow = build_dataloader(split, build_transform(mean, std, True, recipe_for(config.augment, config.grey_prob)), config.batch_size, train=True,
                              num_workers=config.num_workers, seed=config.seed)
     result = {"samples": len(split), "num_workers": config.num_workers, "arrow_images_per_second": loader_speed(arrow, settings.repeats)}
     folder = Path(tempfile.mkdtemp(prefix="emotion-bench-"))

@@ -123,7 +123,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     accelerator.print(f"crop rule: a detected face is cut {crop['face_margin']:g} of its side wider on each side, "
                       f"centre moved by {tuple(crop['face_shift'])} sides ({crop['crop_rule']})")
     model = speed_up(sync_batchnorm(build_model(config, colour, crop), config, accelerator), channels_last, config.compile)
-    recipe = recipe_for(config)
+    recipe = recipe_for(config.augment, config.grey_prob)
     train_loader = build_dataloader(splits["train"], build_transform(model.mean, model.std, True, recipe, colour, channels_last),
                                     config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
     val_loader = build_dataloader(splits["validation"], build_transform(model.mean, model.std, False, None, colour, channels_last),

@@ -51,9 +51,9 @@ class AugmentRecipe:
     grey_prob: float = 0.0
 
 
-def recipe_for(config) -> AugmentRecipe:
-    """The training recipe a TrainConfig names (`--augment`), with its `--grey-prob`."""
-    return AugmentRecipe(**{**AUGMENT_RECIPES[config.augment], "grey_prob": config.grey_prob})
+def recipe_for(name: str, grey_prob: float = 0.0) -> AugmentRecipe:
+    """The training recipe `--augment` names, with its `--grey-prob`."""
+    return AugmentRecipe(**{**AUGMENT_RECIPES[name], "grey_prob": grey_prob})
 
 
 def grey_uint8(pixels: np.ndarray) -> np.ndarray:
