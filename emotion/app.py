@@ -2,21 +2,25 @@
 
 Detection, preprocessing, the model call, smoothing, the overlay and the explanation all come from `emotion.faces`;
 this module only turns its `FaceResult`s into page components. The page loads nothing from the internet:
-analytics off and system fonts instead of the theme's Google Fonts.
+analytics off and system fonts instead of the theme's Google Fonts. Safe to share: every session's call to the one
+predictor holds its lock (OpenCV's detector is not thread-safe), uploads are bounded in bytes and pixels and deleted
+once answered, errors on the page name no server path, and `--auth` puts a login in front.
 """
 from __future__ import annotations
 
 import csv
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 
+from emotion.csv_cells import cell
 from emotion.errors import EmotionError
 from emotion.faces import FaceResult, ListedBoxes, Predictor, draw_attention, draw_overlay, process_frame
+from emotion.faces.images import ImageRefused, read_bgr
 from emotion.labels import FACE_REGIONS
 
 NO_MODEL = ("no model given: make one with `make quickstart` (writes results/quickstart/best_model), "
@@ -26,6 +30,8 @@ NO_IMAGE = "Upload or paste a photo."
 TABLE_HEADERS = ["file", "face", "label", "confidence", "explanation", *FACE_REGIONS]
 WEBCAM_DETECT_EVERY = 3  # as the demo: detect every few frames, track in between
 WEBCAM_INTERVAL_S = 0.25
+MAX_UPLOAD = "25mb"  # per file; the pixel limit (emotion.faces.images) bounds what a small file may claim
+AUTH_ENV = "EMOTION_APP_AUTH"  # USER:PASS, as --auth takes it, for a command line others can read
 
 
 def _rgb(image_bgr: np.ndarray) -> np.ndarray:
@@ -51,15 +57,28 @@ def describe(faces: Sequence[FaceResult]) -> str:
         for i, f in enumerate(faces, start=1))
 
 
-def analyse_photo(predictor: Predictor, image_rgb: np.ndarray | None):
-    """Photo tab: (annotated image, class probabilities of face 1, heatmaps, summary, table rows)."""
-    if image_rgb is None:
+def refusal(path: str | os.PathLike, refused: ImageRefused) -> str:
+    """The reason a file was not read, naming only its base name: the page never shows a server path."""
+    return str(refused).replace(str(path), Path(path).name)
+
+
+def analyse_photo(predictor: Predictor, photo: np.ndarray | str | None):
+    """Photo tab: (annotated image, class probabilities of face 1, heatmaps, summary, table rows). `photo`: an RGB
+    array, or the path of an uploaded file (read under the pixel limit)."""
+    if photo is None:
         return None, None, [], NO_IMAGE, []
-    image = np.ascontiguousarray(image_rgb[:, :, :3][:, :, ::-1])  # drop alpha; the demo works in BGR
-    faces = sorted(predictor.predict(image), key=lambda f: -f.box[2] * f.box[3])  # largest face first
+    if isinstance(photo, (str, os.PathLike)):
+        try:
+            image = read_bgr(photo)
+        except ImageRefused as refused:
+            return None, None, [], refusal(photo, refused), []
+    else:
+        image = np.ascontiguousarray(photo[:, :, :3][:, :, ::-1])  # drop alpha; the demo works in BGR
+    with predictor.lock:
+        faces = sorted(predictor.predict(image), key=lambda f: -f.box[2] * f.box[3])  # largest face first
+        heat = predictor.as_shown(image)  # the crops as the model saw them (its colour rule), under their attention
     if not faces:
-        return image_rgb, None, [], NO_FACE, []
-    heat = predictor.as_shown(image)  # the crops as the model saw them (its colour rule), under their attention
+        return _rgb(image), None, [], NO_FACE, []
     for face in faces:
         draw_attention(heat, face)
     heatmaps = [(_rgb(_pixels(heat, f.crop_box)), f"face {i}: {f.label}") for i, f in enumerate(faces, start=1)]
@@ -74,7 +93,8 @@ def analyse_frame(predictor: Predictor, frame_rgb: np.ndarray | None, state: dic
     if frame_rgb is None:
         return None, "", state
     frame = np.ascontiguousarray(frame_rgb[:, :, :3][:, :, ::-1])
-    faces, annotated = process_frame(predictor, state["tracker"], frame, detect=state["index"] % WEBCAM_DETECT_EVERY == 0)
+    with predictor.lock:
+        faces, annotated = process_frame(predictor, state["tracker"], frame, detect=state["index"] % WEBCAM_DETECT_EVERY == 0)
     state["index"] += 1
     return _rgb(annotated), describe(faces) or "No face in view.", state
 
@@ -88,15 +108,18 @@ def analyse_files(predictor: Predictor, paths: Sequence[str] | None, out_dir: Pa
     except EmotionError as err:
         return [], None, f"Face boxes not used: {err}"
     rows: list[list[Any]] = []
-    unreadable = no_face = 0
+    unreadable = too_large = no_face = 0
     for path in paths or []:
         name = Path(path).name
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            unreadable += 1
-            rows.append([name, 0, "unreadable", None, "not an image OpenCV can decode (use jpg/png/bmp/webp)", *[None] * len(FACE_REGIONS)])
+        try:
+            image = read_bgr(path)
+        except ImageRefused as refused:  # a row and a count; the batch goes on
+            unreadable += refused.reason == "unreadable"
+            too_large += refused.reason == "too_large"
+            rows.append([name, 0, refused.reason.replace("_", " "), None, refusal(path, refused), *[None] * len(FACE_REGIONS)])
             continue
-        faces = predictor.classify(image, listed.boxes(0, name)) if listed else predictor.predict(image)
+        with predictor.lock:
+            faces = predictor.classify(image, listed.boxes(0, name)) if listed else predictor.predict(image)
         if not faces:
             no_face += 1
             rows.append([name, 0, "no face", None, NO_FACE, *[None] * len(FACE_REGIONS)])
@@ -107,22 +130,42 @@ def analyse_files(predictor: Predictor, paths: Sequence[str] | None, out_dir: Pa
     final = out_dir / "predictions.csv"
     tmp = out_dir / ".predictions.csv.tmp"
     with tmp.open("w", newline="") as handle:
-        csv.writer(handle).writerows([TABLE_HEADERS, *rows])
+        csv.writer(handle).writerows([TABLE_HEADERS, *([cell(row[0]), *row[1:]] for row in rows)])
     os.replace(tmp, final)
     faces = sum(1 for r in rows if r[1])
-    return rows, str(final), (f"{len(paths)} files, {faces} faces; {no_face} without a face, {unreadable} unreadable"
-                              + (" (boxes from the CSV)." if listed else "."))
+    return rows, str(final), (f"{len(paths)} files, {faces} faces; {no_face} without a face, {unreadable} unreadable, "
+                              f"{too_large} over the pixel limit" + (" (boxes from the CSV)." if listed else "."))
+
+
+def forget_uploads(answer: Callable) -> Callable:
+    """A page handler that deletes the files uploaded to it once it has answered (only files in Gradio's upload folder)."""
+    import gradio as gr  # noqa: PLC0415 (optional: only the page needs it)
+
+    uploads = Path(gr.utils.get_upload_folder()).resolve()
+
+    def handler(*inputs):
+        try:
+            return answer(*inputs)
+        finally:
+            for value in inputs:
+                for path in value if isinstance(value, list) else [value]:
+                    if isinstance(path, str) and Path(path).resolve().is_relative_to(uploads):
+                        Path(path).unlink(missing_ok=True)
+
+    return handler
 
 
 def build_app(predictor: Predictor, model_name: str = ""):
     import gradio as gr
 
-    with gr.Blocks(title="emotion: facial-expression recognizer", analytics_enabled=False) as app:
+    # delete_cache: what a session left (webcam frames, outputs) goes within the hour
+    with gr.Blocks(title="emotion: facial-expression recognizer", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(f"# Facial-expression recognizer\nModel: `{model_name}`. It reads facial **expressions**, not "
                     "felt emotions; not for decisions about people.")
         with gr.Tab("Photo"):
             with gr.Row():
-                photo = gr.Image(label="Photo", sources=["upload", "clipboard"], type="numpy", elem_id="photo-input")
+                # A file, not gr.Image: Gradio would decode the upload itself, before the pixel limit is checked.
+                photo = gr.File(label="Photo", file_types=["image"], type="filepath", elem_id="photo-input")
                 annotated = gr.Image(label="Faces", type="numpy", interactive=False, elem_id="photo-output")
             summary = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="photo-summary")
             with gr.Row():
@@ -130,7 +173,7 @@ def build_app(predictor: Predictor, model_name: str = ""):
                                          elem_id="photo-probabilities")
                 heatmaps = gr.Gallery(label="Attention (red: most attended)", columns=3, height=260, elem_id="photo-heatmaps")
             regions = gr.Dataframe(headers=TABLE_HEADERS, label="Per face: explanation and region weights", interactive=False)
-            photo.change(lambda image: analyse_photo(predictor, image), inputs=photo,
+            photo.change(forget_uploads(lambda image: analyse_photo(predictor, image)), inputs=photo,
                          outputs=[annotated, probabilities, heatmaps, summary, regions])
         with gr.Tab("Webcam"):
             state = gr.State(None)
@@ -149,7 +192,7 @@ def build_app(predictor: Predictor, model_name: str = ""):
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Results", interactive=False, elem_id="batch-table")
             download = gr.File(label="CSV", interactive=False)
             for changed in (files, boxes):
-                changed.change(lambda paths, csv_path: analyse_files(predictor, paths, boxes_csv=csv_path),
+                changed.change(forget_uploads(lambda paths, csv_path: analyse_files(predictor, paths, boxes_csv=csv_path)),
                                inputs=[files, boxes], outputs=[table, download, status])
     return app
 
@@ -162,12 +205,27 @@ def offline_theme():
     return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
 
 
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    """`--auth USER:PASS`, else the EMOTION_APP_AUTH variable, else no login."""
+    auth = auth or os.environ.get(AUTH_ENV)
+    if not auth:
+        return None
+    user, colon, password = auth.partition(":")
+    if not (user and colon and password):
+        raise EmotionError(f"--auth (or {AUTH_ENV}) must be USER:PASS, both non-empty")
+    return user, password
+
+
 def launch(model: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, detector_model: str | None = None,
-           block: bool = True):
+           block: bool = True, auth: str | None = None):
     """Serve the page; with block=False return (app, url) and leave the server running in a thread."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    app = build_app(Predictor.from_model_dir(model, detector_model), model_name=str(model))
-    # show_error: an upload Gradio itself cannot decode gets its one-line reason on the page, never a traceback.
-    _, url, _ = app.launch(server_name=host, server_port=port, share=share, theme=offline_theme(), show_error=True,
-                           prevent_thread_lock=not block, quiet=not block)
+    login = parse_auth(auth)
+    if login is None and (share or host not in ("127.0.0.1", "localhost", "::1")):
+        print(f"warning: serving on {'a public gradio.live link' if share else host} without a login: anyone who can reach "
+              f"it can use the model; add --auth USER:PASS (or set {AUTH_ENV})", file=sys.stderr)
+    app = build_app(Predictor.from_model_dir(model, detector_model), model_name=Path(model).name)
+    # show_error off: an unexpected error shows as "Error" on the page, never a server path or traceback.
+    _, url, _ = app.launch(server_name=host, server_port=port, share=share, theme=offline_theme(), show_error=False,
+                           auth=login, max_file_size=MAX_UPLOAD, prevent_thread_lock=not block, quiet=not block)
     return app, url

@@ -42,11 +42,20 @@ LIMITS = """\
 - The attention map and the explanation phrase show where the model looked, not why a person feels anything."""
 
 
+def shareable(argument: str) -> str:
+    """A command-line argument with any path cut to its base name: a card travels (emotion-push), local paths stay."""
+    if argument.startswith("--") and "=" in argument:
+        flag, value = argument.split("=", 1)
+        return f"{flag}={shareable(value)}"
+    return Path(argument).name or argument if os.sep in argument else argument
+
+
 def current_command(argv: Sequence[str] | None = None) -> str:
-    """The command line of this process, as a user would paste it (`python x.py ...` or `emotion-export ...`)."""
+    """The command line of this process, as a user would paste it (`python x.py ...` or `emotion-export ...`), every
+    path cut to its base name."""
     program, *rest = list(sys.argv if argv is None else argv)
-    head = ["python", program] if program.endswith(".py") else [Path(program).name]
-    return " ".join(shlex.quote(a) for a in [*head, *rest])
+    head = ["python", Path(program).name] if program.endswith(".py") else [Path(program).name]
+    return " ".join(shlex.quote(a) for a in [*head, *map(shareable, rest)])
 
 
 def read_json(path: Path) -> dict[str, Any]:

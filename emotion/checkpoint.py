@@ -1,13 +1,18 @@
 """Everything that touches run files: the run folder's identity, atomic save, find latest complete, load with
 fallback, prune, the interrupted/ state, the best model's replacement, and the signal handler that asks the loop to stop.
 
-A checkpoint is an `accelerator.save_state` folder plus `trainer_state.json`, written into a temporary folder,
-fsynced, marked `COMPLETE` (written last) and renamed into place. Folders without the marker are ignored.
+A checkpoint is the training state as safetensors and JSON (emotion.state_files: nothing pickled) plus
+`trainer_state.json`, written into a temporary folder, fsynced, marked `COMPLETE` (written last: every file with its
+size and sha256) and renamed into place. A folder whose files do not match its marker is never loaded.
+One run per folder: the main process holds an OS lock on `<run>/.run.lock` for the whole run.
 A folder that is replaced (best_model/, interrupted/) keeps its old version as `<name>.previous` until the new one
 is renamed in: after a kill at any instant one of the two is complete, and the next run puts it back.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from emotion import state_files
 from emotion.errors import EmotionError
+from emotion.state_files import TrainingObjects
 
 logger = logging.getLogger(__name__)
 PICK_ANOTHER = ": pick another or use --resume latest"
@@ -29,6 +36,7 @@ CHECKPOINTS = "checkpoints"
 INTERRUPTED = "interrupted"
 BEST_MODEL = "best_model"
 RUN_CONFIG = "config.json"
+RUN_LOCK = ".run.lock"
 PREVIOUS = ".previous"
 CHECKPOINT_NAME = re.compile(r"(epoch|step)_\d+")
 # What a training run writes into its folder: any of these present means the folder holds a run.
@@ -38,6 +46,20 @@ RUN_ENTRIES = (RUN_CONFIG, BEST_MODEL, BEST_MODEL + PREVIOUS, CHECKPOINTS, INTER
 
 class RunMismatch(EmotionError):
     """The folder or checkpoint belongs to another run: refused, never treated as corrupt."""
+
+
+class CheckpointDamaged(EmotionError):
+    """A checkpoint whose files do not match its COMPLETE marker, or that does not load: --resume latest tries an older one."""
+
+
+class DiskFull(EmotionError):
+    """The disk filled while a checkpoint or model was written; the partial folder is removed."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC as Python raises it, or as safetensors / torch report it from their own writers."""
+    text = str(err)
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in text or "StorageFull" in text
 
 
 def sync_dir(path: Path) -> None:
@@ -63,7 +85,7 @@ def sync_tree(path: Path) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON next to `path`, fsync, then rename over it: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w") as handle:
         json.dump(data, handle, indent=2)
         handle.write("\n")
@@ -77,7 +99,7 @@ def remove_directory(path: Path) -> None:
     """Rename out of sight, then delete: a kill mid-delete never leaves a half folder under a name that is read."""
     if not path.exists():
         return
-    trash = path.with_name(f".trash-{path.name}")
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
     shutil.rmtree(trash, ignore_errors=True)
     os.replace(path, trash)
     sync_dir(path.parent)
@@ -108,10 +130,15 @@ def replace_directory(tmp: Path, final: Path) -> None:
 
 def write_directory(final: Path, write: Callable[[Path], None]) -> None:
     """Build a folder with `write(tmp)` in a temporary place, sync it, then swap it in for `final` (main process only)."""
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a kill mid-write
-    write(tmp)
-    sync_tree(tmp)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    try:
+        write(tmp)
+        sync_tree(tmp)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(err):
+            raise DiskFull(f"no space left on device while saving {final}: free space and `--resume latest`") from None
+        raise
     replace_directory(tmp, final)
 
 
@@ -123,20 +150,52 @@ def find_saved_model(path: Path) -> Path:
     return path
 
 
-def save_checkpoint(accelerator, output_dir: Path, name: str, trainer_state: dict[str, Any]) -> Path:
+def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file in a checkpoint folder with its size and sha256: what COMPLETE promises."""
+    manifest = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != COMPLETE:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            manifest[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return manifest
+
+
+def _temporary_name(accelerator, final: Path) -> Path:
+    """`.tmp-<name>-<pid of the main process>`: the same folder for every rank, another for every run."""
+    token = [os.getpid()]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list  # noqa: PLC0415 (a collective only multi-process saves need)
+
+        broadcast_object_list(token, from_process=0)
+    return final.with_name(f".tmp-{final.name}-{token[0]}")
+
+
+def save_checkpoint(accelerator, output_dir: Path, name: str, trainer_state: dict[str, Any], objects: TrainingObjects) -> Path:
     """Save the full training state as `checkpoints/<name>` (or `interrupted/`). Call on every process."""
     final = output_dir / INTERRUPTED if name == INTERRUPTED else output_dir / CHECKPOINTS / name
-    tmp = final.with_name(f".tmp-{final.name}")
+    tmp = _temporary_name(accelerator, final)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        state_files.write_rng_state(tmp, accelerator.process_index)
+        if accelerator.is_main_process:
+            state_files.write_main_state(objects, tmp)
+            write_json_atomic(tmp / TRAINER_STATE, trainer_state)
+            sync_tree(tmp)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(err):
+            raise DiskFull(f"no space left on device while saving checkpoint {name}: free space and `--resume latest`") from None
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(tmp / TRAINER_STATE, trainer_state)
-        sync_tree(tmp)
-        write_json_atomic(tmp / COMPLETE, {"global_step": trainer_state["global_step"], "epoch_complete": trainer_state["epoch_complete"]})
+        write_json_atomic(tmp / COMPLETE, {"global_step": trainer_state["global_step"],
+                                           "epoch_complete": trainer_state["epoch_complete"], "files": file_manifest(tmp)})
         replace_directory(tmp, final)
     accelerator.wait_for_everyone()
     return final
@@ -146,27 +205,53 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE).is_file() and (path / TRAINER_STATE).is_file()
 
 
+def damage(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be trusted (a file missing, resized or changed since COMPLETE), or None."""
+    try:
+        marker = json.loads((path / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return f"no readable {COMPLETE} marker"
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, dict) or not files:
+        return f"{COMPLETE} lists no files (written by an older version, whose state was pickled and is never read now)"
+    actual = file_manifest(path)
+    for name, expected in sorted(files.items()):
+        if name not in actual:
+            return f"{name} is missing"
+        if actual[name] != expected:
+            field = "size" if actual[name]["size"] != expected.get("size") else "sha256"
+            return f"{name} does not match its {field} in {COMPLETE}"
+    return None
+
+
 def _order(path: Path) -> tuple[int, int]:
     marker = json.loads((path / COMPLETE).read_text())
     return int(marker["global_step"]), int(bool(marker["epoch_complete"]))
 
 
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """Every folder named as a checkpoint (`checkpoints/epoch_N`, `step_N`, `interrupted/`), complete or not."""
+    candidates = [p for p in (output_dir / CHECKPOINTS).glob("*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted(candidates) + ([output_dir / INTERRUPTED] if (output_dir / INTERRUPTED).is_dir() else [])
+
+
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints in `output_dir`, oldest first (by optimizer step; an epoch end after a step save)."""
-    candidates = [p for p in (output_dir / CHECKPOINTS).glob("*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]
-    candidates.append(output_dir / INTERRUPTED)
     found = []
-    for path in candidates:
-        if not path.is_dir():
-            continue
+    for path in checkpoint_folders(output_dir):
         try:
             if is_complete(path):
                 found.append((_order(path), path))
                 continue
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass
         logger.warning("ignoring incomplete checkpoint %s (no valid %s marker)", path, COMPLETE)
     return [path for _, path in sorted(found)]
+
+
+def refuse_unusable(output_dir: Path, reasons: list[str]) -> EmotionError:
+    return EmotionError(f"--resume latest: no checkpoint in {output_dir} can be used ({'; '.join(reasons)}); nothing was "
+                        "changed: put a good checkpoint back, or start over in this folder with --overwrite")
 
 
 def run_contents(output_dir: Path) -> list[str]:
@@ -208,6 +293,9 @@ def accept_run(output_dir: Path, config) -> None:
     paths = complete_checkpoints(output_dir) if config.resume == "latest" else [Path(config.resume)]
     for path in paths:
         check_same_run(path, config)
+    problems = {path: damage(path) for path in checkpoint_folders(output_dir)} if config.resume == "latest" else {}
+    if problems and all(problems.values()):  # refused before any data is prepared or model built
+        raise refuse_unusable(output_dir, [f"{path.name}: {problem}" for path, problem in problems.items()])
 
 
 def clear_run(output_dir: Path) -> None:
@@ -243,40 +331,49 @@ def shape_differences(model, path: Path) -> list[str]:
             + [f"{k}: {saved[k]} saved, {built[k]} now" for k in sorted(saved.keys() & built.keys()) if saved[k] != built[k]])
 
 
-def load_checkpoint(accelerator, model, path: Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler, scaler, RNG and sampler state; return the trainer state."""
+def load_checkpoint(accelerator, objects: TrainingObjects, path: Path) -> dict[str, Any]:
+    """Verify every file against COMPLETE, read and check the whole state, then restore model, optimizer, scheduler,
+    scaler and RNG; return the trainer state. Nothing changes unless every piece was read and fits."""
     if not path.is_dir():
         raise EmotionError(f"checkpoint {path} does not exist: pass a checkpoint folder or --resume latest")
-    if not is_complete(path):
-        raise EmotionError(f"checkpoint {path} is incomplete or corrupt (no {COMPLETE} marker){PICK_ANOTHER}")
+    problem = damage(path)
+    if problem:
+        raise CheckpointDamaged(f"checkpoint {path} is damaged ({problem}){PICK_ANOTHER}")
     try:
         trainer_state = json.loads((path / TRAINER_STATE).read_text())
-        differences = shape_differences(accelerator.unwrap_model(model), path)
+        differences = shape_differences(objects.model, path)
     except Exception as err:  # an unreadable header or state makes the whole checkpoint unusable
-        raise EmotionError(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}){PICK_ANOTHER}") from None
+        raise CheckpointDamaged(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}){PICK_ANOTHER}") from None
     if differences:  # a model of another shape is another run, never a corrupt checkpoint to skip
         raise RunMismatch(f"checkpoint {path} holds a model of another shape ({'; '.join(differences[:3])}"
                           f"{'; ...' if len(differences) > 3 else ''}): resume with the settings it was trained with, "
                           "or start this run in a new --output-dir")
     try:
-        accelerator.load_state(str(path))
-    except Exception as err:  # any unreadable piece makes the whole checkpoint unusable
-        raise EmotionError(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}){PICK_ANOTHER}") from None
+        loaded = state_files.read_state(path, objects, accelerator.process_index)
+    except Exception as err:  # any unreadable piece makes the whole checkpoint unusable; nothing was applied yet
+        raise CheckpointDamaged(f"checkpoint {path} is corrupt ({type(err).__name__}: {str(err)[:120]}){PICK_ANOTHER}") from None
+    state_files.apply_state(objects, loaded)
     return trainer_state
 
 
-def resume(accelerator, model, output_dir: Path, spec: str) -> tuple[dict[str, Any], Path] | None:
-    """`--resume latest`: newest loadable checkpoint, falling back past corrupt ones (never past another run's); else a given path."""
+def resume(accelerator, objects: TrainingObjects, output_dir: Path, spec: str) -> tuple[dict[str, Any], Path] | None:
+    """`--resume latest`: the newest checkpoint that verifies and loads, falling back past damaged ones (never past
+    another run's). None when the folder holds no checkpoint; a refusal (exit 2) when it holds some and none is usable."""
     if spec != "latest":
         path = Path(spec)
-        return load_checkpoint(accelerator, model, path), path
-    for path in reversed(complete_checkpoints(output_dir)):
+        return load_checkpoint(accelerator, objects, path), path
+    complete = complete_checkpoints(output_dir)
+    reasons = [f"{path.name}: no {COMPLETE} marker" for path in checkpoint_folders(output_dir) if path not in complete]
+    for position, path in enumerate(reversed(complete)):
         try:
-            return load_checkpoint(accelerator, model, path), path
-        except RunMismatch:
-            raise
-        except EmotionError as err:  # the advice to pick another is what happens next: not repeated
-            print(f"warning: {str(err).removesuffix(PICK_ANOTHER)}; falling back to the previous checkpoint", file=sys.stderr)
+            return load_checkpoint(accelerator, objects, path), path
+        except CheckpointDamaged as err:
+            reason = str(err).removesuffix(PICK_ANOTHER)
+            reasons.append(f"{path.name}: {reason.removeprefix(f'checkpoint {path} ')}")
+            if position + 1 < len(complete):  # the advice to pick another is what happens next: not repeated
+                print(f"warning: {reason}; falling back to the previous checkpoint", file=sys.stderr)
+    if reasons:
+        raise refuse_unusable(output_dir, reasons)
     return None
 
 
@@ -295,6 +392,60 @@ def prune_checkpoints(output_dir: Path, keep: int, protect: Path | None = None) 
         remove_directory(path)
         removed.append(path)
     return removed
+
+
+class RunLocked(EmotionError):
+    """Another process holds the run folder's lock."""
+
+
+class RunLock:
+    """One run per folder: an exclusive flock on `<run>/.run.lock`, taken before data prep and held until release.
+
+    The OS drops the lock when its holder dies, so a killed run's lock is simply taken over. The file holds the pid
+    for the refusal message and is removed on release.
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = output_dir / RUN_LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunLocked(f"{self.path.parent} is in use by another training run (pid {holder}): wait for it to "
+                                "end, stop it, or start this one in another --output-dir") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # still held: nobody else has it open under this name
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class StopRequest:

@@ -247,7 +247,11 @@ def app_parser() -> argparse.ArgumentParser:
     parser = parser_for("emotion-app", description="Gradio page: photo, webcam and batch tabs with "
                                      "boxes, probabilities, attention heatmaps and explanations.")
     parser.add_argument("--model", default=None, help="saved model folder (results/RUN/best_model) or an exported model.onnx (required; without it the command says how to make one)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for other machines and Spaces)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for other machines and Spaces: "
+                                                               "add --auth, or anyone who reaches it can use the model)")
+    parser.add_argument("--auth", default=None, metavar="USER:PASS",
+                        help="ask for this login before the page opens (or set EMOTION_APP_AUTH, which others cannot read "
+                             "from the process list)")
     add_number(parser, "--port", Range(1, 65535), 7860, "port to serve on")
     parser.add_argument("--share", action=argparse.BooleanOptionalAction, default=False, help="also open a temporary public gradio.live link")
     parser.add_argument("--detector-model", default=None, help="OpenCV YuNet face detector .onnx (default: the Haar cascade)")
@@ -263,7 +267,7 @@ def app_main(argv: list[str] | None = None) -> int:
         raise EmotionError(NO_MODEL)
     from emotion.app import launch
 
-    launch(args.model, host=args.host, port=args.port, share=args.share, detector_model=args.detector_model)
+    launch(args.model, host=args.host, port=args.port, share=args.share, detector_model=args.detector_model, auth=args.auth)
     return 0
 
 
@@ -315,8 +319,8 @@ def demo_main(argv: list[str] | None = None) -> int:
                 detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.heatmap,
                 smoothing=args.smoothing, max_frames=args.max_frames, background_detection=args.background_detection,
                 boxes_path=args.boxes, frames_csv=args.frames_csv, summary_path=args.summary, explain_by=args.explain_by)
-    files = (f" (photos without a face: {len(stats.no_face)}, unreadable files: {len(stats.unreadable)})"
-             if stats.no_face or stats.unreadable else "")
+    files = (f" (photos without a face: {len(stats.no_face)}, unreadable files: {len(stats.unreadable)}, over the pixel "
+             f"limit: {len(stats.too_large)})" if stats.no_face or stats.unreadable or stats.too_large else "")
     print(f"{stats.frames} frames, {stats.faces} faces{files}, {stats.fps:.1f} FPS (detect + classify + overlay)"
           + (f", annotated output in {args.output}" if args.output else "") + (f", records in {args.json}" if args.json else "")
           + (f", per-frame rows in {args.frames_csv}" if args.frames_csv else "")

@@ -11,6 +11,7 @@ from typing import Any
 
 from emotion.errors import EmotionError
 from emotion.labels import label_order
+from emotion.runtime import launch_number
 
 # The reference runs log beside their own figure: DDAMFN's supervised AffectNet-8 validation accuracy (docs/datasets.md).
 PUBLISHED_AFFECTNET8_BEST = 64.25
@@ -367,7 +368,7 @@ def _config_from_args(args: argparse.Namespace, choose: bool) -> TrainConfig:
     values.update(given)
     config = TrainConfig(**values)
     validate(config)
-    if config.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator():
+    if launch_number("WORLD_SIZE", 1) > 1 and config.sync_bn and not has_accelerator():
         raise EmotionError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU (gloo) processes; "
                            "drop --sync-bn, or pick a batch-independent backbone (e.g. GroupNorm) for CPU DDP")
     return config

@@ -17,8 +17,10 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
+from emotion.csv_cells import cell
 from emotion.errors import EmotionError
 from emotion.faces import BackgroundDetector, FaceResult, ListedBoxes, Predictor, process_frame
+from emotion.faces.images import ImageRefused, read_bgr
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -31,14 +33,16 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 class FrameSource:
     kind: str  # camera | video | images
     fps: float
-    frames: Iterator[tuple[str, np.ndarray | None]]  # (name, BGR frame); None: a file of a folder that cannot be read
+    # (name, BGR frame), or (name, reason) for a file of a folder that is not read: unreadable or too_large
+    frames: Iterator[tuple[str, np.ndarray | str]]
 
 
-def _read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise EmotionError(f"cannot read image {path}: not an image OpenCV can decode (use jpg/png/bmp/webp)")
-    return image
+def _folder_images(images: Sequence[Path]) -> Iterator[tuple[str, np.ndarray | str]]:
+    for path in images:
+        try:
+            yield path.name, read_bgr(path)
+        except ImageRefused as refused:
+            yield path.name, refused.reason
 
 
 def _capture_frames(capture: cv2.VideoCapture, stem: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -70,11 +74,11 @@ def open_source(source: str) -> FrameSource:
         if not images:
             raise EmotionError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         # one unreadable photo is counted (RunStats.unreadable), never the end of the batch
-        return FrameSource("images", 0.0, ((p.name, cv2.imread(str(p), cv2.IMREAD_COLOR)) for p in images))
+        return FrameSource("images", 0.0, _folder_images(images))
     if not path.is_file():
         raise EmotionError(f"source {source!r} not found: give a camera index (0), a video, an image or a folder")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return FrameSource("images", 0.0, iter([(path.name, _read_image(path))]))
+        return FrameSource("images", 0.0, iter([(path.name, read_bgr(path))]))
     capture = cv2.VideoCapture(str(path))
     ok, first = capture.read() if capture.isOpened() else (False, None)
     if not ok:
@@ -114,6 +118,7 @@ class _ImageSink:
 
     def __init__(self, output: Path, source: str) -> None:
         self.frames = 0
+        self.written: set[str] = set()
         if output.suffix.lower() not in IMAGE_SUFFIXES:
             self.folder, self.file_name = output, None
         elif Path(source).is_file():
@@ -124,11 +129,20 @@ class _ImageSink:
 
     def write(self, name: str, frame: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / (self.file_name or Path(name.replace(":", "_")).stem + ".png")
+        final = self.folder / (self.file_name or self._png_name(name))
         if not cv2.imwrite(str(_partial(final)), frame):
             raise EmotionError(f"cannot write {final}: is the folder writable?")
         os.replace(_partial(final), final)
         self.frames += 1
+
+    def _png_name(self, name: str) -> str:
+        """`a.jpg` -> `a.png`; a second photo of the same stem (`a.png` beside `a.jpg`) -> `a_png.png`, never over it."""
+        source = Path(name.replace(":", "_"))
+        png = source.stem + ".png"
+        if png in self.written:
+            png = f"{source.stem}_{source.suffix.lstrip('.')}.png"
+        self.written.add(png)
+        return png
 
     def close(self) -> None:
         pass
@@ -166,7 +180,7 @@ class _FramesCsvSink:
     def write(self, index: int, name: str, seconds: float | None, faces: Sequence[FaceResult]) -> None:
         when = "" if seconds is None else f"{seconds:.3f}"
         for face in faces:
-            self.writer.writerow([index, name, when, face.track_id, *face.box, face.label, f"{face.confidence:.4f}",
+            self.writer.writerow([index, cell(name), when, face.track_id, *face.box, face.label, f"{face.confidence:.4f}",
                                   *(f"{p:.4f}" for p in face.probabilities)])
 
     def close(self) -> None:
@@ -176,13 +190,14 @@ class _FramesCsvSink:
 
 class FaceSummary:
     """Per face id over a run: frames seen, first and last frame, the dominant expression and the share of its
-    frames per class; for a folder, also the files without a face and the unreadable ones."""
+    frames per class; for a folder, also the files without a face, the unreadable ones and those over the pixel limit."""
 
     def __init__(self, class_names: Sequence[str]) -> None:
         self.class_names = list(class_names)
         self.faces: dict[int, dict] = {}
         self.no_face: list[str] = []
         self.unreadable: list[str] = []
+        self.too_large: list[str] = []
 
     def add(self, index: int, faces: Sequence[FaceResult]) -> None:
         for face in faces:
@@ -207,7 +222,8 @@ class FaceSummary:
                   "faces": rows}
         if kind == "images":
             record["files"] = {"read": frames, "no_face": {"count": len(self.no_face), "files": self.no_face},
-                               "unreadable": {"count": len(self.unreadable), "files": self.unreadable}}
+                               "unreadable": {"count": len(self.unreadable), "files": self.unreadable},
+                               "too_large": {"count": len(self.too_large), "files": self.too_large}}
         json_path, csv_path = path.with_suffix(".json"), path.with_suffix(".csv")
         json_path.parent.mkdir(parents=True, exist_ok=True)
         _partial(json_path).write_text(json.dumps(record, indent=2) + "\n")
@@ -239,6 +255,7 @@ class RunStats:
     timings: dict[str, float] = field(default_factory=dict)
     no_face: list[str] = field(default_factory=list)     # photos of a folder in which no face was found
     unreadable: list[str] = field(default_factory=list)  # files of a folder OpenCV cannot decode
+    too_large: list[str] = field(default_factory=list)  # files of a folder over the pixel limit (never decoded)
 
     @property
     def fps(self) -> float:
@@ -290,8 +307,8 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
         for index, (name, frame) in enumerate(frames.frames):
             if max_frames is not None and index >= max_frames:
                 break
-            if frame is None:
-                stats.unreadable.append(name)
+            if isinstance(frame, str):  # a file of a folder that was not read: counted, the run goes on
+                (stats.too_large if frame == "too_large" else stats.unreadable).append(name)
                 continue
             if not stream:
                 tracker.reset()  # separate photos share no faces
@@ -336,7 +353,7 @@ def run(source: str, model_dir: str, output: str | None = None, json_path: str |
         if display:
             cv2.destroyAllWindows()
     if summary_path:
-        summary.no_face, summary.unreadable = stats.no_face, stats.unreadable
+        summary.no_face, summary.unreadable, summary.too_large = stats.no_face, stats.unreadable, stats.too_large
         summary.write(Path(summary_path), source, frames.kind, stats.frames, frames.fps)
     stats.timings = dict(predictor.timings)
     return stats

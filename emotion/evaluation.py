@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emotion.csv_cells import cell
 from emotion.errors import EmotionError
 from emotion.labels import CLASS_TO_ID
 from emotion.metrics import EXPRESSION_METRICS
@@ -169,7 +170,7 @@ def write_predictions_csv(predictions: Predictions, ids: list[str], path: Path, 
         writer = csv.writer(handle)
         writer.writerow(["id", "true", "predicted", *(f"p_{name}" for name in class_names)])
         for sample_id, true, pred, probs in zip(ids, predictions.labels, predictions.predicted, predictions.probabilities):
-            writer.writerow([sample_id, class_names[true], class_names[pred], *(f"{p:.6f}" for p in probs)])
+            writer.writerow([cell(sample_id), class_names[true], class_names[pred], *(f"{p:.6f}" for p in probs)])
 
 
 def run_config_for(model_dir: Path):

@@ -6,10 +6,30 @@ import os
 import torch
 from accelerate import Accelerator
 
+from emotion.errors import EmotionError
+
+
+def launch_number(name: str, default: int) -> int:
+    """WORLD_SIZE / RANK as a launcher sets them; anything else is refused in one line before Accelerate reads it."""
+    value = os.environ.get(name, str(default))
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise EmotionError(f"{name}={value!r} is not a process count or rank: unset it, or start several processes "
+                           "with `accelerate launch`")
+    return number
+
+
+def launch_rank() -> int:
+    """This process's rank in the launch (0 when started alone)."""
+    return launch_number("RANK", 0)
+
 
 def launched_without_gpu() -> bool:
     """Several processes (accelerate launch / torchrun) but no CUDA: Accelerate only picks gloo when told cpu=True."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return launch_number("WORLD_SIZE", 1) > 1 and not torch.cuda.is_available()
 
 
 def make_accelerator(**kwargs) -> Accelerator:

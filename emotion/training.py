@@ -32,7 +32,7 @@ from emotion.evaluation import compute_metrics, predict
 from emotion.faces.detect import build_detector, estimate_crop_rule
 from emotion.losses import build_criterion, logit_offsets
 from emotion.model import build_model, speed_up
-from emotion.runtime import choose_mixed_precision, make_accelerator, share_cpu_cores, use_channels_last
+from emotion.runtime import choose_mixed_precision, launch_rank, make_accelerator, share_cpu_cores, use_channels_last
 
 NAN_EXIT_CODE = 3
 # After this many epochs a run whose balanced accuracy is below STALL_MARGIN x chance gets a one-line warning.
@@ -101,8 +101,17 @@ def resume_command(config: TrainConfig) -> str:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train, validate each epoch, checkpoint, keep the best model. Returns the final summary."""
+    """Train, validate each epoch, checkpoint, keep the best model. Returns the final summary.
+
+    The launch's first process holds the run folder's lock for the whole run, from before anything is read."""
     output_dir = config.resolved_output_dir()
+    if launch_rank() != 0:
+        return run_training(config, output_dir)
+    with checkpoint.RunLock(output_dir):
+        return run_training(config, output_dir)
+
+
+def run_training(config: TrainConfig, output_dir: Path) -> dict[str, Any]:
     # The machine's choice is part of the run: resuming it at another precision is refused with the other settings.
     config.mixed_precision, precision_reason = choose_mixed_precision(config.mixed_precision)
     checkpoint.accept_run(output_dir, config)  # before anything is built, loaded or written
@@ -140,7 +149,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # Not prepared: a prepared plateau scheduler would step once per process.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    accelerator.register_for_checkpointing(scheduler)
+    resumable = checkpoint.TrainingObjects(accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler)
     criterion = build_criterion(torch.tensor(weights, dtype=torch.float32, device=accelerator.device),
                                 config.label_smoothing, soft=config.trains_on_soft_labels(),
                                 offsets=logit_offsets(counts, config.logit_adjustment))
@@ -155,7 +164,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     resumed_from = None
     if config.resume:
-        found = checkpoint.resume(accelerator, model, output_dir, config.resume)
+        found = checkpoint.resume(accelerator, resumable, output_dir, config.resume)
         if found is None:
             accelerator.print(f"no complete checkpoint in {output_dir} yet: starting a new run")
         else:
@@ -185,7 +194,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 state.update(epoch_loss_sum=0.0, epoch_loss_steps=0, epoch_correct=0.0, epoch_seen=0.0)
             state.update(epoch=epoch, step_in_epoch=skip_steps, epoch_complete=False)
             train_loss, images, seconds = train_one_epoch(accelerator, model, optimizer, criterion, train_loader, config,
-                                                          state, stop, skip_steps, steps_per_epoch, output_dir, resumed_from)
+                                                          state, stop, skip_steps, steps_per_epoch, output_dir, resumed_from,
+                                                          resumable)
             predictions = predict(model, val_loader, accelerator)
             metrics = compute_metrics(predictions.labels, predictions.predicted, class_names)
             epoch_lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's last step, before the plateau moves it
@@ -213,13 +223,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 save_best_model(accelerator, model, output_dir, config, record, metrics, predictions.neutral_attention)
             state.update(step_in_epoch=steps_per_epoch, epoch_complete=True)
             write_metrics(accelerator, output_dir, state["history"])
-            checkpoint.save_checkpoint(accelerator, output_dir, f"epoch_{epoch + 1}", state)
+            checkpoint.save_checkpoint(accelerator, output_dir, f"epoch_{epoch + 1}", state, resumable)
             if accelerator.is_main_process:
                 checkpoint.prune_checkpoints(output_dir, config.keep_checkpoints, protect=resumed_from)
         if predictions is not None:
             tracking.log_final(accelerator, predictions, class_names)
     except Interrupted as interrupt:
-        checkpoint.save_checkpoint(accelerator, output_dir, checkpoint.INTERRUPTED, state)
+        checkpoint.save_checkpoint(accelerator, output_dir, checkpoint.INTERRUPTED, state, resumable)
         accelerator.print(f"saved {output_dir / checkpoint.INTERRUPTED}; resume with:\n  {resume_command(config)}")
         accelerator.end_training()
         raise SystemExit(checkpoint.StopRequest.exit_code(interrupt.signum)) from None
@@ -242,7 +252,7 @@ class Interrupted(Exception):
 
 def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, config: TrainConfig, state: dict,
                     stop: checkpoint.StopRequest, skip_steps: int, steps_per_epoch: int, output_dir: Path,
-                    resumed_from: Path | None) -> tuple[float, int, float]:
+                    resumed_from: Path | None, resumable: checkpoint.TrainingObjects) -> tuple[float, int, float]:
     model.train()
     train_loader.set_epoch(state["epoch"])  # sampler order and augmentation seed for this epoch
     # Accelerate skips the dataset's set_epoch when the sampler is sharded (several processes): set it directly.
@@ -306,7 +316,7 @@ def train_one_epoch(accelerator, model, optimizer, criterion, train_loader, conf
                         raise Interrupted(int(stop.signum) or 15)
                     if config.checkpoint_every_steps and state["global_step"] % config.checkpoint_every_steps == 0 \
                             and state["step_in_epoch"] < steps_per_epoch:
-                        checkpoint.save_checkpoint(accelerator, output_dir, f"step_{state['global_step']}", state)
+                        checkpoint.save_checkpoint(accelerator, output_dir, f"step_{state['global_step']}", state, resumable)
                         if accelerator.is_main_process:
                             checkpoint.prune_checkpoints(output_dir, config.keep_checkpoints, protect=resumed_from)
             images += batch["labels"].shape[0] * accelerator.num_processes

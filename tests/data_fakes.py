@@ -4,6 +4,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +258,76 @@ def make_affectnet_npy(root: Path, seed: int = 0) -> Path:
                 np.save(notes / f"{image_id}_aro.npy", np.array("0.5"))
     (root / "train_set" / "annotations" / "99_exp.npy").write_bytes(b"not numpy")
     return root
+
+
+# Miniature layouts for the hostile-input tests: a few small images and room for crafted rows.
+SMALL_SIDE = 24
+
+
+def make_small_affectnet(root: Path, extra_rows: Sequence[list] = (), seed: int = 0) -> Path:
+    """AffectNet CSV layout: 4 photos (24 x 24) of classes 0-3 with boxes inside them on lines 2-5 of training.csv,
+    then `extra_rows` from line 6; the first 2 again in a header-less validation.csv."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in range(4):
+        save(picture(rng, SMALL_SIDE, SMALL_SIDE), root / "Manually_Annotated_Images" / f"{label}.jpg")
+        rows.append([f"{label}.jpg", 2, 2, 20, 20, "", label, 0.1, 0.2])
+    write_csv(root / "training.csv", AFFECTNET_HEADER, rows + list(extra_rows))
+    write_csv(root / "validation.csv", None, rows[:2])
+    return root
+
+
+def make_small_ferplus(root: Path, extra_train_rows: Sequence[list] = (), seed: int = 0) -> Path:
+    """FER+ layout: per split folder 3 grey 24 x 24 faces with clear neutral, happiness and sadness majorities on lines
+    1-3 of label.csv; `extra_train_rows` from line 4 of FER2013Train's."""
+    rng = np.random.default_rng(seed)
+    for folder in ("FER2013Train", "FER2013Valid", "FER2013Test"):
+        rows = []
+        for i, column in enumerate(("neutral", "happiness", "sadness")):
+            name = f"fer{i:07d}.png"
+            save(Image.fromarray(rng.integers(0, 256, (SMALL_SIDE, SMALL_SIDE), dtype=np.uint8)), root / folder / name)
+            rows.append([name, "(0, 0, 48, 48)", *ferplus_votes(**{column: 10})])
+        write_csv(root / folder / "label.csv", None, rows + (list(extra_train_rows) if folder == "FER2013Train" else []))
+    return root
+
+
+def make_small_fer2013(root: Path, extra_rows: Sequence[list] = ()) -> Path:
+    """fer2013.csv: Training rows of FER2013 labels 3 and 6, one PublicTest and one PrivateTest row on lines 2-5,
+    then `extra_rows` from line 6."""
+    face = " ".join(["7"] * 48 * 48)
+    rows = [[3, face, "Training"], [6, face, "Training"], [3, face, "PublicTest"], [6, face, "PrivateTest"]]
+    write_csv(root / "fer2013.csv", ["emotion", "pixels", "Usage"], rows + list(extra_rows))
+    return root
+
+
+def make_small_rafdb(root: Path, extra_lines: Sequence[str] = (), seed: int = 0) -> Path:
+    """RAF-DB basic: aligned 24 x 24 faces, 2 train images each of RAF-DB labels 4 and 7 and a test image of each,
+    then `extra_lines` in the label file."""
+    rng = np.random.default_rng(seed)
+    lines = [f"{split}_{i:05d}.jpg {number}" for i, (split, number) in
+             enumerate([("train", 4), ("train", 4), ("train", 7), ("train", 7), ("test", 4), ("test", 7)], start=1)]
+    for line in lines:
+        stem = line.split()[0][: -len(".jpg")]
+        save(picture(rng, SMALL_SIDE, SMALL_SIDE), root / "Image" / "aligned" / f"{stem}_aligned.jpg")
+    (root / "EmoLabel").mkdir(parents=True, exist_ok=True)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines + list(extra_lines)) + "\n")
+    return root
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG of a few dozen bytes whose header claims width x height RGB pixels (no pixel data follows)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def npy_header_only(path: Path, descr: str, shape: tuple[int, ...]) -> Path:
+    """An .npy file whose header claims an array of `shape` and `descr` (e.g. 10^11 float64) but holds a few bytes."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    path.write_bytes(buffer.getvalue() + b"\0" * 16)
+    return path

@@ -69,7 +69,7 @@ def test_batch_table_and_csv_cover_faces_blank_and_unreadable_files(predictor, a
     with open(csv_path, newline="") as handle:
         table = list(csv.reader(handle))
     assert table[0] == ["file", "face", "label", "confidence", "explanation", *FACE_REGIONS] and len(table) == len(rows) + 1
-    assert status == "3 files, 1 faces; 1 without a face, 1 unreadable."
+    assert status == "3 files, 1 faces; 1 without a face, 1 unreadable, 0 over the pixel limit."
 
 
 def test_batch_takes_face_boxes_from_another_detector(predictor, astronaut_png, tmp_path):
@@ -80,7 +80,7 @@ def test_batch_takes_face_boxes_from_another_detector(predictor, astronaut_png, 
     rows, _, status = app.analyse_files(predictor, [str(astronaut_png), str(blank)], out_dir=tmp_path, boxes_csv=str(boxes))
     assert [(r[0], r[1]) for r in rows] == [("astronaut.png", 1), ("astronaut.png", 2), ("blank.png", 1)]
     assert all(r[2] in CLASS_NAMES for r in rows)
-    assert status == "2 files, 3 faces; 0 without a face, 0 unreadable (boxes from the CSV)."
+    assert status == "2 files, 3 faces; 0 without a face, 0 unreadable, 0 over the pixel limit (boxes from the CSV)."
     boxes.write_text("x,y\n1,2\n")
     assert app.analyse_files(predictor, [str(blank)], boxes_csv=str(boxes))[2].startswith("Face boxes not used: boxes file")
 
@@ -154,7 +154,9 @@ def test_photo_upload_and_webcam_in_a_real_browser(tiny_run, astronaut_png, tmp_
             broken.write_bytes(b"not a png")
             page.reload()
             page.locator("#photo-input input[type=file]").set_input_files(str(broken))
-            page.get_by_text("cannot identify image file").first.wait_for(timeout=30_000)
+            page.wait_for_function("document.querySelector('#photo-summary textarea').value.includes('cannot read image broken.png')",
+                                   timeout=30_000)
+            assert "/tmp" not in summary.input_value()  # the reason, without the server's upload path
             assert "Traceback" not in page.content()
             page.screenshot(path=str(shots / "app_unreadable.png"))
             page.reload()  # the error toast would cover the webcam overlay

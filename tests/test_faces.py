@@ -124,10 +124,10 @@ def test_a_folder_batch_counts_bad_files_and_goes_on(astronaut, tmp_path, capsys
     assert demo_main(["--source", str(folder), "--model", str(CPU_MODEL), "--no-display", "--summary", str(summary),
                       "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "3 frames, 2 faces (photos without a face: 1, unreadable files: 1)" in out
+    assert "3 frames, 2 faces (photos without a face: 1, unreadable files: 1, over the pixel limit: 0)" in out
     files = json.loads(summary.read_text())["files"]
     assert files == {"read": 3, "no_face": {"count": 1, "files": ["b_blank.png"]},
-                     "unreadable": {"count": 1, "files": ["c_broken.jpg"]}}
+                     "unreadable": {"count": 1, "files": ["c_broken.jpg"]}, "too_large": {"count": 0, "files": []}}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_astronaut.png", "b_blank.png", "d_astronaut.png"]
     # the same folder with a detector's boxes by file name: a photo without a row has no face
     boxes = tmp_path / "boxes.csv"
@@ -136,7 +136,7 @@ def test_a_folder_batch_counts_bad_files_and_goes_on(astronaut, tmp_path, capsys
     log = tmp_path / "faces.jsonl"
     assert demo_main(["--source", str(folder), "--model", str(CPU_MODEL), "--no-display", "--boxes", str(boxes),
                       "--json", str(log)]) == 0
-    assert "3 frames, 3 faces (photos without a face: 1, unreadable files: 1)" in capsys.readouterr().out
+    assert "3 frames, 3 faces (photos without a face: 1, unreadable files: 1, over the pixel limit: 0)" in capsys.readouterr().out
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["source"], r["box"]) for r in records] == [("a_astronaut.jpg", [170, 40, 110, 130]),
                                                           ("d_astronaut.png", [170, 40, 110, 130]),

@@ -168,7 +168,7 @@ def test_two_processes_ctrl_c_saves_once_and_resume_loads_on_every_rank(tmp_path
     assert process.returncode != 0
     assert (run / "interrupted" / "COMPLETE").is_file(), output[-3000:]
     assert output.count("resume with:") == 1  # only the main process speaks and writes
-    assert len(list((run / "interrupted").glob("random_states_*.pkl"))) == 2  # each rank's RNG state
+    assert len(list((run / "interrupted").glob("rng_*.safetensors"))) == 2  # each rank's RNG state
     result = subprocess.run([*launch, "--resume", "latest"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("resumed from") == 1 and (run / "checkpoints" / "epoch_3" / "COMPLETE").is_file()
@@ -204,6 +204,10 @@ def test_a_checkpoint_of_another_shape_is_refused_not_skipped_as_corrupt(copied_
         data = json.loads(path.read_text())
         data.get("config", data).pop("lstm_hidden")
         path.write_text(json.dumps(data))
+        if path.name == checkpoint.TRAINER_STATE:  # as that version would have listed it in COMPLETE
+            marker = json.loads((path.parent / checkpoint.COMPLETE).read_text())
+            marker["files"] = checkpoint.file_manifest(path.parent)
+            (path.parent / checkpoint.COMPLETE).write_text(json.dumps(marker))
     before = snapshot(copied_run)
     code = train_main([*ARGS, "--output-dir", str(copied_run), "--cache-dir", str(cache_dir), "--resume", "latest",
                        "--lstm-hidden", "64"])
@@ -241,9 +245,10 @@ def test_checkpoint_files_are_synced_before_complete_is_written(tmp_path, monkey
     model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
     synced, fsync = [], os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd)))
-    final = checkpoint.save_checkpoint(accelerator, tmp_path, "step_1", {"global_step": 1, "epoch_complete": False})
-    tmp = tmp_path / "checkpoints" / ".tmp-step_1"
-    marker = synced.index(str(tmp / ".COMPLETE.tmp"))
+    objects = checkpoint.TrainingObjects(model, optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer))
+    final = checkpoint.save_checkpoint(accelerator, tmp_path, "step_1", {"global_step": 1, "epoch_complete": False}, objects)
+    tmp = tmp_path / "checkpoints" / f".tmp-step_1-{os.getpid()}"
+    marker = synced.index(str(tmp / f".COMPLETE.{os.getpid()}.tmp"))
     written = {str(tmp / p.name) for p in final.iterdir() if p.name != "COMPLETE"}
     assert len(written) >= 3 and written <= set(synced[:marker]) and str(tmp) in synced[:marker]
     assert str(tmp_path / "checkpoints") in synced[marker:]  # the rename into place is on disk too
@@ -327,7 +332,7 @@ def assert_every_complete_checkpoint_loads_and_the_best_model_is_found(run: Path
 
     for path in complete_checkpoints(run):
         assert load_file(path / "model.safetensors") and json.loads((path / checkpoint.TRAINER_STATE).read_text())
-        torch.load(path / "optimizer.bin", weights_only=True)
+        assert checkpoint.damage(path) is None and load_file(path / "optimizer.safetensors")
     if best_saved:
         load_model(run / checkpoint.BEST_MODEL)  # best_model/, or the complete previous one a kill left beside it
 

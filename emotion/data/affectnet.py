@@ -6,30 +6,33 @@
   annotations/<id>_exp.npy, <id>_val.npy, <id>_aro.npy.
 
 Rows keep classes 0-7; 8 (None), 9 (Uncertain) and 10 (No-Face) are counted as excluded; rows with missing
-fields, unparsable numbers or labels outside 0-10 are counted as skipped. Valence and arousal are kept (NaN when
-absent or outside [-1, 1], e.g. the -2 of rows without a rating).
+fields, unparsable numbers, labels outside 0-10, unusable face boxes or image paths outside --data-dir are counted as
+skipped. Valence and arousal are kept (NaN when absent or outside [-1, 1], e.g. the -2 of rows without a rating).
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import numpy as np
 
-from emotion.data.prepare import Issues, Record, Source
+from emotion.data.prepare import Issues, Record, Source, csv_rows, inside_check, whole_number
 from emotion.errors import EmotionError
+from emotion.faces.detect import MAX_BOX_COORDINATE
 from emotion.labels import NUM_CLASSES
 
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
            "expression", "valence", "arousal")
-REQUIRED = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression")
+BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
+REQUIRED = ("subDirectory_filePath", *BOX_COLUMNS, "expression")
 EXCLUDED = {8: "none", 9: "uncertain", 10: "no_face"}
 CSV_NAMES = {"train": "training.csv", "validation": "validation.csv"}
 # The release keeps the lists in a sub-folder; some copies put them at the root.
 CSV_FOLDERS = ("", "Manually_Annotated_file_lists")
 IMAGE_FOLDER = "Manually_Annotated_Images"
 NPY_SPLITS = {"train": "train_set", "validation": "val_set"}
+# One number, as a string of at most a few dozen characters: a header claiming more is not an annotation.
+MAX_NPY_BYTES = 1024
 NPY_LAYOUT = "{train_set,val_set}/images/<id>.jpg and {train_set,val_set}/annotations/<id>_exp.npy (+ _val.npy, _aro.npy)"
 
 
@@ -53,7 +56,7 @@ def affect_value(text) -> float | None:
     """A valence or arousal rating in [-1, 1]; None for anything else (missing, unparsable, AffectNet's -2)."""
     try:
         value = float(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return value if math.isfinite(value) and -1 <= value <= 1 else None
 
@@ -69,9 +72,23 @@ def keep_label(label: int, example: str, skipped: Issues, excluded: Issues) -> b
     return False
 
 
-def read_rows(path: Path, image_root: Path, skipped: Issues, excluded: Issues) -> list[Record]:
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        rows = list(csv.reader(handle))
+def usable_box(box: tuple[float, float, float, float]) -> bool:
+    """Finite coordinates within MAX_BOX_COORDINATE and a positive width and height."""
+    return all(abs(v) <= MAX_BOX_COORDINATE for v in box) and box[2] > 0 and box[3] > 0  # abs(nan) <= x is False
+
+
+def _box_and_label(row: list[str], where: dict[str, int]) -> tuple[tuple[float, float, float, float], int] | None:
+    """A row's face box and expression code; None when a box field is not a number or the code not a whole one."""
+    try:
+        box = tuple(float(row[where[k]]) for k in BOX_COLUMNS)
+    except ValueError:
+        return None
+    label = whole_number(row[where["expression"]])
+    return None if label is None else (box, label)
+
+
+def read_rows(path: Path, root: Path, image_root: Path, skipped: Issues, excluded: Issues) -> list[Record]:
+    rows = list(csv_rows(path))
     if not rows:
         raise EmotionError(f"{path} is empty: expected a header with columns {', '.join(REQUIRED)}")
     header = [h.strip() for h in rows[0]]
@@ -84,23 +101,24 @@ def read_rows(path: Path, image_root: Path, skipped: Issues, excluded: Issues) -
         raise EmotionError(f"{path} lacks the columns {', '.join(missing)}: expected an AffectNet list with "
                            f"{', '.join(REQUIRED)} (found {', '.join(header[:10])})")
     where = {name: header.index(name) for name in REQUIRED + ("valence", "arousal") if name in header}
+    inside = inside_check(root, image_root)  # the image folder counts even when it is a symlink to another disk
     records = []
     for line, row in enumerate(body, start=2 if body is not rows else 1):
         example = f"{path}:{line}"
-        if len(row) != len(header):
+        parsed = _box_and_label(row, where) if len(row) == len(header) else None
+        if parsed is None:
             skipped.add("bad_row", example)
             continue
-        try:
-            box = tuple(float(row[where[k]]) for k in ("face_x", "face_y", "face_width", "face_height"))
-            label = int(float(row[where["expression"]]))
-        except ValueError:
-            skipped.add("bad_row", example)
-            continue
+        box, label = parsed
         relative = row[where["subDirectory_filePath"]].strip()
         if label in EXCLUDED:
             excluded.add(EXCLUDED[label], relative)
         elif not 0 <= label < NUM_CLASSES:
             skipped.add("label_out_of_range", example)
+        elif not usable_box(box):
+            skipped.add("bad_box", example)
+        elif not inside(image_root / relative):
+            skipped.add("outside_data_dir", example)
         else:
             records.append(Record(path=str(image_root / relative), label=label, id=relative, box=box,
                                   valence=affect_value(row[where["valence"]]) if "valence" in where else None,
@@ -109,9 +127,17 @@ def read_rows(path: Path, image_root: Path, skipped: Issues, excluded: Issues) -
 
 
 def _npy_value(path: Path):
-    """The scalar an annotation .npy holds (the release stores numbers as strings, e.g. '3' or '0.785'); None if unreadable."""
+    """The scalar an annotation .npy holds (the release stores numbers as strings, e.g. '3' or '0.785'); None if unreadable.
+    The header is checked first: a file that claims 10^11 values is refused before anything is allocated."""
     try:
-        return np.load(path, allow_pickle=False).item()
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            if math.prod(shape) != 1 or dtype.itemsize > MAX_NPY_BYTES:
+                return None
+            handle.seek(0)
+            return np.load(handle, allow_pickle=False).item()
     except (OSError, ValueError):  # missing, not an .npy, or not one value
         return None
 
@@ -124,10 +150,8 @@ def read_npy_split(folder: Path, split: str, skipped: Issues, excluded: Issues) 
     records = []
     for path in sorted(annotations.glob("*_exp.npy")):
         image_id = path.name[: -len("_exp.npy")]
-        value = _npy_value(path)
-        try:
-            label = int(float(value))
-        except (TypeError, ValueError):
+        label = whole_number(_npy_value(path))
+        if label is None:
             skipped.add("bad_annotation", str(path))
             continue
         if keep_label(label, str(path), skipped, excluded):
@@ -160,7 +184,7 @@ def read_affectnet(config) -> Source:
     for split, name in CSV_NAMES.items():
         path = find_csv(root, name)
         source.stat_files.append(path)
-        source.splits[split] = read_rows(path, image_root, source.skipped[split], source.excluded[split])
+        source.splits[split] = read_rows(path, root, image_root, source.skipped[split], source.excluded[split])
     if not source.splits["train"]:
         raise EmotionError(f"{source.stat_files[0]} lists no usable row with expression 0-7: expected AffectNet rows "
                            f"({', '.join(REQUIRED)})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from emotion.data.affectnet import affect_value, keep_label
 from emotion.data.imagefolder import IMAGE_SUFFIXES
-from emotion.data.prepare import Issues, Record, Source
+from emotion.data.prepare import Issues, Record, Source, whole_number
 from emotion.errors import EmotionError
 from emotion.labels import NUM_CLASSES, canonical_label
 
@@ -35,7 +35,7 @@ def parse_soft(value) -> list[float] | None:
     if isinstance(value, dict):
         probs = [0.0] * NUM_CLASSES
         for name, p in value.items():
-            label = int(name) if str(name).isdigit() else canonical_label(str(name))
+            label = whole_number(name) if str(name).isdecimal() else canonical_label(str(name))
             if label is None or not 0 <= label < NUM_CLASSES:
                 return None
             probs[label] = p
@@ -44,10 +44,10 @@ def parse_soft(value) -> list[float] | None:
         return None
     try:
         probs = [float(p) for p in value]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     total = sum(probs)
-    if not all(math.isfinite(p) and p >= 0 for p in probs) or total <= 0:
+    if not all(math.isfinite(p) and p >= 0 for p in probs) or not 0 < total < math.inf:
         return None
     return [p / total for p in probs]
 
@@ -55,7 +55,7 @@ def parse_soft(value) -> list[float] | None:
 def subset_name(value) -> str:
     """'easy' | 'challenging' | 'difficult' from the release's code (0, 1, 2) or a name; '' when neither."""
     text = str(value).strip().lower()
-    return SUBSETS[int(text)] if text.isdigit() and int(text) < len(SUBSETS) else text
+    return {str(code): name for code, name in enumerate(SUBSETS)}.get(text, text)
 
 
 def _find(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -73,7 +73,7 @@ def read_split(folder: Path, split: str, subset: str, source: Source, found: dic
     for path in annotations:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):  # also a 5,000-digit number or nesting 100,000 deep
             skipped.add("bad_annotation", str(path))
             continue
         if not isinstance(data, dict):
@@ -90,10 +90,9 @@ def read_split(folder: Path, split: str, subset: str, source: Source, found: dic
         if hard is None:
             skipped.add("missing_label_key", str(path))
             continue
-        try:
-            label = int(hard)
-        except (TypeError, ValueError):
-            skipped.add("label_out_of_range", str(path))
+        label = whole_number(hard)
+        if label is None:  # true, 3.9, "x": not an expression code, though int() would take the first two
+            skipped.add("bad_label", str(path))
             continue
         if not keep_label(label, str(path), skipped, excluded):
             continue

@@ -16,10 +16,9 @@ Label modes (`--label-mode`):
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from emotion.data.prepare import Issues, Record, Source
+from emotion.data.prepare import Issues, Record, Source, csv_rows, inside_check
 from emotion.errors import EmotionError
 from emotion.labels import NUM_CLASSES, canonical_label
 
@@ -84,8 +83,8 @@ def read_split(folder: Path, split: str, label_mode: str, skipped: Issues, exclu
     label_file = folder / LABEL_FILE
     if not label_file.is_file():
         raise EmotionError(f"no {LABEL_FILE} in {folder}: expected the FER+ layout {LAYOUT}")
-    with label_file.open(newline="", encoding="utf-8", errors="replace") as handle:
-        rows = list(csv.reader(handle))
+    rows = list(csv_rows(label_file))
+    inside = inside_check(folder.parent, folder)  # the data root, and the split folder even when it is a symlink
     records = []
     for line, row in enumerate(rows, start=1):
         example = f"{label_file}:{line}"
@@ -104,6 +103,9 @@ def read_split(folder: Path, split: str, label_mode: str, skipped: Issues, exclu
             continue
         name = row[0].strip()
         path = folder / name
+        if not inside(path):
+            skipped.add("outside_data_dir", example)
+            continue
         if label_mode == "soft" and split == "train":
             label, soft, reason = soft_train(votes)
         else:

@@ -10,6 +10,7 @@ beside the cache and summed up in one line; they never stop the build.
 """
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import io
@@ -30,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from emotion.config import DEFAULT_CACHE_DIR
 from emotion.errors import EmotionError
 from emotion.faces.detect import NoCrop, build_detector, crop_face, crop_region
+from emotion.faces.images import max_pixels
 from emotion.labels import CLASS_LISTS, NUM_CLASSES
 
 # Bump when decoding, cropping, encoding or the columns change: old caches then stop matching.
@@ -94,8 +96,47 @@ class SkipImage(Exception):
     """An image that cannot be used; the message is the reason counted in the report."""
 
 
-def decode_rgb(path: str, data: bytes | None = None) -> tuple[Image.Image, list[str]]:
-    """The image (a file, or its encoded `data`) as 8-bit RGB and the conversions that took (grayscale, cmyk, alpha, ...)."""
+def csv_rows(path: Path) -> Iterator[list[str]]:
+    """The rows of a CSV file (undecodable bytes replaced); a row the csv module refuses (a field over its 131,072
+    character limit) is a one-line error naming the file and line."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle)
+        try:
+            yield from reader
+        except csv.Error as err:
+            raise EmotionError(f"{path}, line {reader.line_num}: {err}: fix or remove that line") from None
+
+
+def whole_number(value) -> int | None:
+    """A label written as a whole number (3, 3.0, '3'); None for anything else (True, 3.9, 'x', inf, a list)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def inside_check(*folders: Path) -> Callable[[Path], bool]:
+    """A test of whether a path, `..` and symlinks resolved, lies in one of `folders` (resolved too): a list must not
+    put files from elsewhere on the machine into the cache. A path that cannot be resolved is not inside."""
+    roots = tuple(folder.resolve() for folder in folders)
+
+    def inside(path: Path) -> bool:
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+            return False
+        return any(real.is_relative_to(root) for root in roots)
+
+    return inside
+
+
+def decode_rgb(path: str, data: bytes | None = None, limit: int | None = None) -> tuple[Image.Image, list[str]]:
+    """The image (a file, or its encoded `data`) as 8-bit RGB and the conversions that took (grayscale, cmyk, alpha, ...);
+    SkipImage('too_large') when its header claims more than `limit` pixels (default: emotion.faces.images.max_pixels)."""
+    limit = max_pixels() if limit is None else limit
     try:
         size = os.path.getsize(path) if data is None else len(data)
     except OSError:
@@ -106,11 +147,15 @@ def decode_rgb(path: str, data: bytes | None = None) -> tuple[Image.Image, list[
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path if data is None else io.BytesIO(data)) as opened:
+                if opened.size[0] * opened.size[1] > limit:  # from the header: a small file may claim a huge picture
+                    raise SkipImage("too_large")
                 opened.load()
                 image = opened.copy()
     except UnidentifiedImageError:
         raise SkipImage("undecodable") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError:  # Pillow's own limit, met while opening, before ours is checked
+        raise SkipImage("too_large") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise SkipImage("truncated" if "truncated" in str(err) else "undecodable") from None
     if image.mode == "RGB":
         return image, []
@@ -167,10 +212,10 @@ def largest_face(image: Image.Image) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in max(boxes, key=lambda b: b[2] * b[3]))
 
 
-def prepare_image(record: Record, image_size: int, margin: float,
-                  detect_faces: bool = False) -> tuple[bytes, tuple[int, int, int, int], list[str]]:
-    """Decode, crop and resize one record to JPEG bytes; raises SkipImage with the reason."""
-    image, notes = decode_rgb(record.path, record.image_bytes)
+def prepare_image(record: Record, image_size: int, margin: float, detect_faces: bool = False,
+                  limit: int | None = None) -> tuple[bytes, tuple[int, int, int, int], list[str]]:
+    """Decode (at most `limit` pixels), crop and resize one record to JPEG bytes; raises SkipImage with the reason."""
+    image, notes = decode_rgb(record.path, record.image_bytes, limit)
     box = largest_face(image) if detect_faces and record.box is None else record.box
     crop, crop_notes = crop_box(image.width, image.height, box, margin)
     face = Image.fromarray(crop_face(np.asarray(image), crop, image_size))
@@ -200,13 +245,13 @@ def _features(class_names: tuple[str, ...], with_soft: bool, with_affect: bool):
 
 
 def _generate(records: list[dict], image_size: int, margin: float, detect_faces: bool, with_soft: bool,
-              with_affect: bool) -> Iterator[dict]:
+              with_affect: bool, limit: int) -> Iterator[dict]:
     """Every record once; a bad one comes out without an image and with its reason in `status`."""
     for row in records:
         record = Record(**row)
         image, crop, status, notes = None, (0, 0, 0, 0), "", []
         try:
-            data, crop, notes = prepare_image(record, image_size, margin, detect_faces)
+            data, crop, notes = prepare_image(record, image_size, margin, detect_faces, limit)
             image = {"bytes": data, "path": None}
         except SkipImage as reason:
             status = str(reason)
@@ -277,6 +322,7 @@ def build_prepared(source: Source, target: Path, image_size: int, num_proc: int 
     class_names = CLASS_LISTS[count]
     features = _features(class_names, with_soft, with_affect)
     margin = float(source.options.get("face_margin", 0.0))
+    limit = max_pixels()  # read here: a bad EMOTION_MAX_PIXELS is one line, not a traceback from inside a worker
     work = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
@@ -290,7 +336,8 @@ def build_prepared(source: Source, target: Path, image_size: int, num_proc: int 
                 built = datasets.Dataset.from_generator(
                     _generate, features=features, cache_dir=str(work / "build"),
                     gen_kwargs={"records": records, "image_size": image_size, "margin": margin, "with_soft": with_soft,
-                                "detect_faces": bool(source.options.get("detect_faces")), "with_affect": with_affect},
+                                "detect_faces": bool(source.options.get("detect_faces")), "with_affect": with_affect,
+                                "limit": limit},
                     num_proc=nproc if nproc > 1 else None, split=datasets.NamedSplit(split),
                     fingerprint=hashlib.sha256(f"{target.name}|{split}".encode()).hexdigest()[:16],
                 )

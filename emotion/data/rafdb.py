@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emotion.data.imagefolder import stratified_split
-from emotion.data.prepare import Record, Source, face_options
+from emotion.data.prepare import Record, Source, face_options, inside_check, whole_number
 from emotion.errors import EmotionError
 from emotion.labels import LABEL_ORDERS, label_order
 
@@ -40,6 +40,7 @@ def read_rafdb(config) -> Source:
     options = {"images": config.rafdb_images, "val_fraction": config.val_fraction, **face_options(config)}
     source = Source(dataset="rafdb", root=root, splits={}, options=options, stat_files=[label_file])
     found: dict[str, list[Record]] = {"train": [], "test": []}
+    inside = inside_check(root, root / "Image" / config.rafdb_images)  # the image folder may be a symlink
     lines = label_file.read_text(encoding="utf-8", errors="replace").splitlines()
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -47,14 +48,18 @@ def read_rafdb(config) -> Source:
         parts = line.split()
         split = next((s for s, prefix in SPLIT_PREFIXES.items() if parts[0].startswith(prefix)), None)
         example = f"{label_file}:{line_number}"
-        if len(parts) != 2 or split is None or not parts[1].isdigit():
+        number = whole_number(parts[1]) if len(parts) == 2 else None
+        if split is None or number is None:
             source.skipped["train"].add("bad_row", example)
             continue
-        label = NUMBERING.get(int(parts[1]))
+        label = NUMBERING.get(number)
         if label is None:
             source.skipped[split].add("label_out_of_range", example)
             continue
         path = image_path(root, parts[0], config.rafdb_images)
+        if not inside(path):
+            source.skipped[split].add("outside_data_dir", example)
+            continue
         found[split].append(Record(path=str(path), label=label, id=parts[0]))
     if not found["train"]:
         raise EmotionError(f"{label_file} lists no train_* image with a label 1-7 ({', '.join(f'{n} {c}' for n, c in LABEL_ORDERS['rafdb'].items())}): "

@@ -111,6 +111,10 @@ class BackgroundDetector:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+# A face box coordinate beyond this lies outside any image under the pixel limit (emotion.faces.images).
+MAX_BOX_COORDINATE = 1e6
+
+
 class ListedBoxes:
     """Face boxes from another detector, read from a CSV with a `file` or `frame` column and `x, y, w, h`.
 
@@ -126,26 +130,36 @@ class ListedBoxes:
     def read(cls, path: str | os.PathLike) -> "ListedBoxes":
         path = Path(path)
         try:
-            handle = path.open(newline="")
+            with path.open(newline="", encoding="utf-8") as handle:
+                return cls._parse(path, csv.DictReader(handle))
         except OSError as err:
             raise EmotionError(f"cannot read boxes file {path}: {err.strerror}; give a CSV with columns file or frame, x, y, w, h") from None
-        with handle:
-            rows = csv.DictReader(handle)
-            columns = [c.strip().lower() for c in rows.fieldnames or []]
-            key = next((k for k in cls.KEYS if k in columns), None)
-            if key is None or not {"x", "y", "w", "h"} <= set(columns):
-                raise EmotionError(f"boxes file {path} has columns {columns}: it needs file (or frame), x, y, w, h")
-            rows.fieldnames = columns
-            by_key: dict[str, list[Box]] = {}
-            for line, row in enumerate(rows, start=2):
-                try:
-                    box = tuple(int(round(float(row[c]))) for c in ("x", "y", "w", "h"))
-                    name = str(int(row[key])) if key == "frame" else Path(row[key].strip()).name
-                except (TypeError, ValueError):
-                    raise EmotionError(f"boxes file {path}, line {line}: {key}, x, y, w, h must be numbers (a name "
-                                       f"for file), got {[row.get(c) for c in (key, 'x', 'y', 'w', 'h')]}") from None
-                if box[2] > 0 and box[3] > 0:
-                    by_key.setdefault(name, []).append(box)
+        except UnicodeDecodeError:
+            raise EmotionError(f"boxes file {path} is not UTF-8 text: save it as UTF-8 CSV (file or frame, x, y, w, h)") from None
+        except csv.Error as err:
+            raise EmotionError(f"boxes file {path} is not a usable CSV ({err}): one row per face, columns file or frame, x, y, w, h") from None
+
+    @classmethod
+    def _parse(cls, path: Path, rows: csv.DictReader) -> "ListedBoxes":
+        columns = [c.strip().lower() for c in rows.fieldnames or []]
+        key = next((k for k in cls.KEYS if k in columns), None)
+        if key is None or not {"x", "y", "w", "h"} <= set(columns):
+            raise EmotionError(f"boxes file {path} has columns {columns}: it needs file (or frame), x, y, w, h")
+        rows.fieldnames = columns
+        by_key: dict[str, list[Box]] = {}
+        for line, row in enumerate(rows, start=2):
+            try:
+                values = [float(row[c]) for c in ("x", "y", "w", "h")]
+                if not all(abs(v) <= MAX_BOX_COORDINATE for v in values):  # also refuses inf and nan
+                    raise ValueError
+                box = tuple(int(round(v)) for v in values)
+                name = str(int(row[key])) if key == "frame" else Path(row[key].strip()).name
+            except (TypeError, ValueError, AttributeError):
+                raise EmotionError(f"boxes file {path}, line {line}: {key}, x, y, w, h must be numbers within "
+                                   f"+-{MAX_BOX_COORDINATE:g} (a name for file), got "
+                                   f"{[str(row.get(c))[:40] for c in (key, 'x', 'y', 'w', 'h')]}") from None
+            if box[2] > 0 and box[3] > 0:
+                by_key.setdefault(name, []).append(box)
         return cls(by_key, key)
 
     def boxes(self, frame_index: int, name: str) -> list[Box]:

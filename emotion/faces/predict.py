@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -167,6 +168,7 @@ class Predictor:
         self.baseline = baseline_weights(runner.config.get("attention_prior"))
         self.margin, self.shift = face_margin(runner.config), face_shift(runner.config)
         self.min_confidence = min_confidence
+        self.lock = threading.RLock()  # for callers on several threads (the app): OpenCV's detectors are not thread-safe
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
 
     def new_tracker(self, **kwargs) -> "FaceTracker":
