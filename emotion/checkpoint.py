@@ -10,6 +10,7 @@ is renamed in: after a kill at any instant one of the two is complete, and the n
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -21,7 +22,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from emotion import state_files
 from emotion.errors import EmotionError
@@ -128,17 +129,24 @@ def replace_directory(tmp: Path, final: Path) -> None:
     restore_previous(final)  # the new one is in place: drop the old
 
 
-def write_directory(final: Path, write: Callable[[Path], None]) -> None:
-    """Build a folder with `write(tmp)` in a temporary place, sync it, then swap it in for `final` (main process only)."""
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, what: str) -> Iterator[None]:
+    """A folder being written: any failure deletes it; a full disk is said in one line (`what` names the save)."""
     try:
-        write(tmp)
-        sync_tree(tmp)
+        yield
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(err):
-            raise DiskFull(f"no space left on device while saving {final}: free space and `--resume latest`") from None
+            raise DiskFull(f"no space left on device while saving {what}: free space and `--resume latest`") from None
         raise
+
+
+def write_directory(final: Path, write: Callable[[Path], None]) -> None:
+    """Build a folder with `write(tmp)` in a temporary place, sync it, then swap it in for `final` (main process only)."""
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    with removed_on_failure(tmp, str(final)):
+        write(tmp)
+        sync_tree(tmp)
     replace_directory(tmp, final)
 
 
@@ -181,17 +189,12 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, trainer_state: dic
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    try:
+    with removed_on_failure(tmp, f"checkpoint {name}"):
         state_files.write_rng_state(tmp, accelerator.process_index)
         if accelerator.is_main_process:
             state_files.write_main_state(objects, tmp)
             write_json_atomic(tmp / TRAINER_STATE, trainer_state)
             sync_tree(tmp)
-    except Exception as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(err):
-            raise DiskFull(f"no space left on device while saving checkpoint {name}: free space and `--resume latest`") from None
-        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / COMPLETE, {"global_step": trainer_state["global_step"],
