@@ -137,10 +137,16 @@ def analyse_files(predictor: Predictor, paths: Sequence[str] | None, out_dir: Pa
                               f"{too_large} over the pixel limit" + (" (boxes from the CSV)." if listed else "."))
 
 
+def _gradio():
+    """gradio, imported when a page is built."""
+    import gradio  # 2 s of import that the analysis functions (and their tests) go without
+
+    return gradio
+
+
 def forget_uploads(answer: Callable) -> Callable:
     """A page handler that deletes the files uploaded to it once it has answered (only files in Gradio's upload folder)."""
-    import gradio as gr  # noqa: PLC0415 (optional: only the page needs it)
-
+    gr = _gradio()
     uploads = Path(gr.utils.get_upload_folder()).resolve()
 
     def handler(*inputs):
@@ -156,8 +162,7 @@ def forget_uploads(answer: Callable) -> Callable:
 
 
 def build_app(predictor: Predictor, model_name: str = ""):
-    import gradio as gr
-
+    gr = _gradio()
     # delete_cache: what a session left (webcam frames, outputs) goes within the hour
     with gr.Blocks(title="emotion: facial-expression recognizer", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(f"# Facial-expression recognizer\nModel: `{model_name}`. It reads facial **expressions**, not "
@@ -199,8 +204,7 @@ def build_app(predictor: Predictor, model_name: str = ""):
 
 def offline_theme():
     """The default theme with system fonts: the stock one fetches Google Fonts, which the page must not load."""
-    import gradio as gr
-
+    gr = _gradio()
     system = ["ui-sans-serif", "system-ui", "sans-serif"]
     return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
 

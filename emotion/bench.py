@@ -25,6 +25,8 @@ import datasets
 import timm
 import torch
 from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
 
 from emotion.checkpoint import write_json_atomic
 from emotion.config import PRESETS, REAL_DATA_OVERRIDES, TrainConfig
@@ -33,6 +35,7 @@ from emotion.errors import EmotionError
 from emotion.labels import NUM_CLASSES
 from emotion.model import build_model, speed_up
 from emotion.runtime import choose_mixed_precision, cpu_isa, use_channels_last
+from emotion.synthetic import load_synthetic
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TRAINING_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --mixed-precision value -> bench name
@@ -225,8 +228,6 @@ def arrow_split(config: TrainConfig, settings: BenchSettings) -> datasets.Datase
                                "prepare it first, or leave --data-dir out to use synthetic faces") from None
         split = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
     else:
-        from emotion.synthetic import load_synthetic
-
         split = load_synthetic(settings.loader_samples, 0, image_size=config.image_size, seed=config.seed,
                                cache_dir=config.cache_dir)["train"]
     if "image" not in split.column_names or "label" not in split.column_names:
@@ -258,9 +259,6 @@ def loader_speed(loader: DataLoader, repeats: int) -> float:
 def data_speed(split: datasets.Dataset, config: TrainConfig, settings: BenchSettings, mean, std) -> dict[str, float]:
     """Images/s of the training loader alone (uint8 pixels and augmentation parameters, before the batched augmentation)
     and of torchvision's ImageFolder decoding and augmenting JPEGs one by one, the layout a raw set arrives in."""
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
-
     arrow = build_dataloader(split, build_transform(mean, std, True, recipe_for(config.augment, config.grey_prob)), config.batch_size, train=True,
                              num_workers=config.num_workers, seed=config.seed)
     result = {"samples": len(split), "num_workers": config.num_workers, "arrow_images_per_second": loader_speed(arrow, settings.repeats)}

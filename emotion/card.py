@@ -5,7 +5,6 @@ card states measured numbers only.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -14,8 +13,8 @@ from typing import Any, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from emotion.errors import EmotionError
-from emotion.config import PUBLISHED_AFFECTNET7_BEST, PUBLISHED_AFFECTNET8_BEST
+from emotion.io import read_json
+from emotion.labels import PUBLISHED_AFFECTNET7_BEST, PUBLISHED_AFFECTNET8_BEST
 
 CARD = "README.md"
 # Hub names for the data sets a run can read; the synthetic set lives in this package, not on the Hub.
@@ -56,14 +55,6 @@ def current_command(argv: Sequence[str] | None = None) -> str:
     program, *rest = list(sys.argv if argv is None else argv)
     head = ["python", Path(program).name] if program.endswith(".py") else [Path(program).name]
     return " ".join(shlex.quote(a) for a in [*head, *map(shareable, rest)])
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file's content ({} when absent); a damaged one is named in one line."""
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (ValueError, OSError) as err:
-        raise EmotionError(f"{path} is damaged ({type(err).__name__}): copy it again or retrain") from None
 
 
 def training_command(model_dir: Path) -> str | None:

@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from accelerate.utils import broadcast_object_list
+from safetensors import safe_open
+
 from emotion import state_files
 from emotion.errors import EmotionError
 from emotion.state_files import TrainingObjects
@@ -175,8 +178,6 @@ def _temporary_name(accelerator, final: Path) -> Path:
     """`.tmp-<name>-<pid of the main process>`: the same folder for every rank, another for every run."""
     token = [os.getpid()]
     if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list  # noqa: PLC0415 (a collective only multi-process saves need)
-
         broadcast_object_list(token, from_process=0)
     return final.with_name(f".tmp-{final.name}-{token[0]}")
 
@@ -322,8 +323,6 @@ def recover_run(output_dir: Path) -> None:
 
 def shape_differences(model, path: Path) -> list[str]:
     """Weights whose name or shape in the checkpoint differs from the (unwrapped) model built now; reads the header only."""
-    from safetensors import safe_open
-
     weights = path / "model.safetensors"
     if not weights.is_file():
         return []

@@ -90,7 +90,7 @@ def presets_help(only: tuple[str, ...] | None = None) -> str:
 
 @cli_main
 def train_main(argv: list[str] | None = None) -> int:
-    from emotion.training import train
+    from emotion.training import train  # timm, datasets, evaluate: ~3 s of import, paid by training alone
 
     config = config_from_args(train_parser().parse_args(argv), choose=True)
     check_inputs(config)
@@ -123,7 +123,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def eval_main(argv: list[str] | None = None) -> int:
-    from emotion.evaluation import evaluate_saved_model
+    from emotion.evaluation import evaluate_saved_model  # timm, datasets, evaluate: ~2 s of import, paid by evaluation alone
 
     args = eval_parser().parse_args(argv)
     evaluate_saved_model(
@@ -149,7 +149,7 @@ def prepare_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def prepare_main(argv: list[str] | None = None) -> int:
-    from emotion.data import load_splits
+    from emotion.data import load_splits  # datasets: 0.4 s of import, paid by preparing alone
 
     config = config_from_args(prepare_parser().parse_args(argv), choose=True)
     check_inputs(config)
@@ -157,9 +157,22 @@ def prepare_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def export_parser() -> argparse.ArgumentParser:
-    from emotion.export import OPSET, OPSET_MAX, OPSET_MIN, TOLERANCE
+def _export_module():
+    """emotion.export, imported by the scripts that export or push a model."""
+    from emotion import export  # timm: 1.5 s of import, paid by emotion-export and emotion-push alone
 
+    return export
+
+
+def _bench_module():
+    """emotion.bench, imported by emotion-bench."""
+    from emotion import bench  # timm and datasets: ~2 s of import, paid by emotion-bench alone
+
+    return bench
+
+
+def export_parser() -> argparse.ArgumentParser:
+    export = _export_module()
     parser = parser_for(
         "emotion-export",
         description="Export a saved model to ONNX (logits + attention map, dynamic batch), check it against PyTorch "
@@ -167,16 +180,15 @@ def export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="saved model folder (config.json + model.safetensors), e.g. results/RUN/best_model")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    add_number(parser, "--opset", Range(OPSET_MIN, OPSET_MAX), OPSET, "ONNX opset version")
+    add_number(parser, "--opset", Range(export.OPSET_MIN, export.OPSET_MAX), export.OPSET, "ONNX opset version")
     parser.add_argument("--output-dir", default=None, help="where model.onnx, config.json and README.md go (default: the model folder)")
-    add_number(parser, "--tolerance", number(0, 1, low_open=True), TOLERANCE, "largest max |ONNX Runtime - PyTorch| accepted in fp32")
+    add_number(parser, "--tolerance", number(0, 1, low_open=True), export.TOLERANCE, "largest max |ONNX Runtime - PyTorch| accepted in fp32")
     return parser
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    from emotion.bench import PRECISIONS, BenchSettings
-
-    defaults = BenchSettings()
+    bench = _bench_module()
+    defaults = bench.BenchSettings()
     parser = parser_for(
         "emotion-bench", "bench.py",
         description="Measure on the current device: training images/s of the full model as a bare step and end to end "
@@ -189,7 +201,7 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default=None, help="timm backbone (default: the preset's)")
     add_number(parser, "--image-size", RANGES["image_size"], None, "input side in pixels (default: the preset's)")
     add_number(parser, "--batch-size", RANGES["batch_size"], None, "training batch size (default: the preset's)")
-    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default=defaults.precision,
+    parser.add_argument("--precision", choices=("auto", *bench.PRECISIONS), default=defaults.precision,
                         help="autocast precision beside fp32: auto (training's choice for this machine) | fp32 | bf16 | fp16 (CUDA)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
                         help="channels-last memory format beside fp32 NCHW (the training flag of the same name; default: on, except on Apple GPUs)")
@@ -210,13 +222,12 @@ def bench_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def export_main(argv: list[str] | None = None) -> int:
-    from emotion.card import current_command
-    from emotion.export import export_onnx
+    from emotion.card import current_command  # huggingface_hub's card classes: 0.05 s of import, paid by emotion-export alone
 
     args = export_parser().parse_args(argv)
     command = current_command(["emotion-export", *argv] if argv is not None else None)
-    report = export_onnx(Path(args.model), Path(args.output_dir) if args.output_dir else None, opset=args.opset,
-                         tolerance=args.tolerance, command=command)
+    report = _export_module().export_onnx(Path(args.model), Path(args.output_dir) if args.output_dir else None,
+                                          opset=args.opset, tolerance=args.tolerance, command=command)
     where = Path(args.output_dir or args.model) / report["file"]
     print(f"wrote {where} (opset {report['opset']}); ONNX Runtime vs PyTorch max |diff| {report['max_abs_diff']:.2e} "
           f"<= {report['tolerance']:.0e} on batches {report['batches']}")
@@ -235,10 +246,8 @@ def push_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def push_main(argv: list[str] | None = None) -> int:
-    from emotion.export import push_to_hub
-
     args = push_parser().parse_args(argv)
-    url, files = push_to_hub(Path(args.model), args.repo_id, private=args.private, token=args.token)
+    url, files = _export_module().push_to_hub(Path(args.model), args.repo_id, private=args.private, token=args.token)
     print(f"uploaded {', '.join(files)} to {args.repo_id}: {url}")
     return 0
 
@@ -261,12 +270,10 @@ def app_parser() -> argparse.ArgumentParser:
 @cli_main
 def app_main(argv: list[str] | None = None) -> int:
     args = app_parser().parse_args(argv)
+    from emotion.app import NO_MODEL, launch  # the face pipeline (cv2, onnxruntime): 0.1 s of import, paid by emotion-app alone
+
     if not args.model:
-        from emotion.app import NO_MODEL
-
         raise EmotionError(NO_MODEL)
-    from emotion.app import launch
-
     launch(args.model, host=args.host, port=args.port, share=args.share, detector_model=args.detector_model, auth=args.auth)
     return 0
 
@@ -312,13 +319,14 @@ def demo_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def demo_main(argv: list[str] | None = None) -> int:
-    from emotion.demo import run
+    from emotion.demo import DemoOptions, run  # the face pipeline (cv2, onnxruntime): 0.1 s of import, paid by the demo alone
 
     args = demo_parser().parse_args(argv)
-    stats = run(args.source, args.model, output=args.output, json_path=args.json, display=args.display,
-                detector_model=args.detector_model, detect_every=args.detect_every, show_attention=args.heatmap,
-                smoothing=args.smoothing, max_frames=args.max_frames, background_detection=args.background_detection,
-                boxes_path=args.boxes, frames_csv=args.frames_csv, summary_path=args.summary, explain_by=args.explain_by)
+    stats = run(args.source, DemoOptions(
+        args.model, output=args.output, json_path=args.json, display=args.display, detector_model=args.detector_model,
+        detect_every=args.detect_every, show_attention=args.heatmap, smoothing=args.smoothing, max_frames=args.max_frames,
+        background_detection=args.background_detection, boxes_path=args.boxes, frames_csv=args.frames_csv,
+        summary_path=args.summary, explain_by=args.explain_by))
     files = (f" (photos without a face: {len(stats.no_face)}, unreadable files: {len(stats.unreadable)}, over the pixel "
              f"limit: {len(stats.too_large)})" if stats.no_face or stats.unreadable or stats.too_large else "")
     print(f"{stats.frames} frames, {stats.faces} faces{files}, {stats.fps:.1f} FPS (detect + classify + overlay)"
@@ -330,9 +338,8 @@ def demo_main(argv: list[str] | None = None) -> int:
 
 @cli_main
 def bench_main(argv: list[str] | None = None) -> int:
-    from emotion.bench import BenchSettings, markdown_table, run_benchmark
-
-    result = run_benchmark(BenchSettings(**vars(bench_parser().parse_args(argv))))
-    print(markdown_table(result))
+    bench = _bench_module()
+    result = bench.run_benchmark(bench.BenchSettings(**vars(bench_parser().parse_args(argv))))
+    print(bench.markdown_table(result))
     print(f"\nJSON: {result['output']}")
     return 0

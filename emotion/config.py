@@ -9,14 +9,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from emotion.errors import EmotionError
-from emotion.labels import label_order
-from emotion.runtime import launch_number
+import torch
 
-# The reference runs log beside their own figure: DDAMFN's supervised AffectNet-8 validation accuracy (docs/datasets.md).
-PUBLISHED_AFFECTNET8_BEST = 64.25
-# AffectNet-7 (3,500 validation images): QCS, arXiv 2411.01988 (best row of the published AffectNet-7 figures).
-PUBLISHED_AFFECTNET7_BEST = 67.94
+from emotion.errors import EmotionError
+from emotion.io import check_weights_file
+from emotion.labels import PUBLISHED_AFFECTNET7_BEST, PUBLISHED_AFFECTNET8_BEST, label_order
+from emotion.runtime import launch_number
 
 # Arrow caches: <cache-dir>/prepared/ for real data sets, <cache-dir>/synthetic/ for the synthetic faces.
 DEFAULT_CACHE_DIR = Path("~/.cache/emotion")
@@ -287,8 +285,6 @@ REAL_DATA_OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 def has_accelerator() -> bool:
-    import torch
-
     return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
 
 
@@ -435,7 +431,7 @@ def validate(config: TrainConfig) -> None:
 def check_inputs(config: TrainConfig) -> None:
     """The backbone name and the paths a run reads or writes, before anything is read or written (the data set's readers
     check --data-dir themselves, naming the layout they expect)."""
-    import timm
+    import timm  # 1.5 s of import, paid by the runs that check a backbone, not by the scripts' --help
 
     if not timm.is_model(config.backbone):
         raise EmotionError(f"unknown --backbone {config.backbone!r}: give a timm model name such as efficientnet_b4 "
@@ -446,6 +442,4 @@ def check_inputs(config: TrainConfig) -> None:
         if path is not None and Path(path).exists() and not Path(path).is_dir():
             raise EmotionError(f"{flag} {path} is a file: give a folder")
     if config.pretrained_path:
-        from emotion.model import check_weights_file
-
         check_weights_file(config.pretrained_path, "--pretrained-path")

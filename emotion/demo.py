@@ -19,11 +19,13 @@ import numpy as np
 
 from emotion.csv_cells import cell
 from emotion.errors import EmotionError
-from emotion.faces import BackgroundDetector, FaceResult, ListedBoxes, Predictor, process_frame
+from emotion.faces import BackgroundDetector, FaceResult, FaceTracker, ListedBoxes, Predictor, process_frame
 from emotion.faces.images import ImageRefused, read_bgr
+from emotion.runtime import leave_cores_free
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+WINDOW_TITLE = "emotion demo (q quits, a toggles attention)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,98 +264,158 @@ class RunStats:
         return self.frames / self.seconds if self.seconds else 0.0
 
 
-def run(source: str, model_dir: str, output: str | None = None, json_path: str | None = None, display: bool = True,
-        detector_model: str | None = None, detect_every: int = 3, show_attention: bool = True,
-        smoothing: float = 0.5, max_frames: int | None = None, background_detection: bool | None = None,
-        boxes_path: str | None = None, frames_csv: str | None = None, summary_path: str | None = None,
-        explain_by: str = "occlusion") -> RunStats:
-    """The demo: read `source`, annotate every frame, optionally show, save and log it. Keys: q quits, a toggles attention.
+@dataclass
+class DemoOptions:
+    """How the demo runs: the flags of webcam_demo.py beside --source."""
 
-    `background_detection` (default: on for a camera, off for files, whose output then repeats exactly) runs the
-    face detector on its own thread and core, off the frame loop. `boxes_path`: a CSV of face boxes from another
-    detector (emotion.faces.ListedBoxes), used instead of running one. `frames_csv`: one row per face per frame;
-    `summary_path`: per face id, as .json and .csv. `explain_by`: occlusion or attention (emotion.faces.Predictor).
-    """
-    if display and not _has_display():
+    model_dir: str  # a saved model folder, or an exported model.onnx
+    output: str | None = None  # annotated video, or for photos a folder of PNGs or (one photo) an image file
+    json_path: str | None = None  # JSON Lines: one record per face per frame
+    display: bool = True
+    detector_model: str | None = None
+    detect_every: int = 3
+    show_attention: bool = True
+    smoothing: float = 0.5
+    max_frames: int | None = None
+    # The face detector on its own thread and core, off the frame loop (default: on for a camera, off for files, whose
+    # output then repeats exactly).
+    background_detection: bool | None = None
+    boxes_path: str | None = None  # a CSV of face boxes from another detector (emotion.faces.ListedBoxes), used instead of one
+    frames_csv: str | None = None  # one row per face per frame
+    summary_path: str | None = None  # per face id, as .json and .csv
+    explain_by: str = "occlusion"  # occlusion or attention (emotion.faces.Predictor)
+
+
+class _Outputs:
+    """Where a run's results go: annotated frames, JSON Lines, the per-frame CSV and the per-face summary."""
+
+    def __init__(self, options: DemoOptions, source: str, frames: FrameSource, class_names: Sequence[str]) -> None:
+        stream, output = frames.kind != "images", options.output
+        if output and not stream and Path(output).suffix.lower() in VIDEO_SUFFIXES:
+            raise EmotionError(f"--output {output} names a video, but {source} is a photo source: give a folder "
+                               "(annotated/) or, for one photo, an image file (annotated.png)")
+        self.class_names = class_names
+        self.sink = None
+        if output:
+            self.sink = _VideoSink(Path(output), frames.fps) if stream else _ImageSink(Path(output), source)
+        self.log = _JsonLinesSink(Path(options.json_path)) if options.json_path else None
+        self.table = _FramesCsvSink(Path(options.frames_csv), class_names) if options.frames_csv else None
+        self.summary = FaceSummary(class_names)
+
+    def write(self, index: int, name: str, seconds: float | None, faces: Sequence[FaceResult], annotated: np.ndarray) -> None:
+        self.summary.add(index, faces)
+        if self.log:
+            for face in faces:
+                self.log.write({"frame": index, "source": name, **face.to_dict(self.class_names)})
+        if self.table:
+            self.table.write(index, name, seconds, faces)
+        if self.sink:
+            self.sink.write(name, annotated)
+
+    def close(self, stats: RunStats) -> None:
+        if self.sink:
+            self.sink.close()
+        if self.log:
+            self.log.close()
+            stats.records = self.log.records
+        if self.table:
+            self.table.close()
+
+
+@dataclass
+class _Session:
+    """One run's working parts, from the opened source to the outputs."""
+
+    options: DemoOptions
+    predictor: Predictor
+    frames: FrameSource
+    tracker: FaceTracker
+    outputs: _Outputs
+    listed: ListedBoxes | None
+    background: BackgroundDetector | None
+    stats: RunStats = field(default_factory=RunStats)
+
+
+def run(source: str, options: DemoOptions) -> RunStats:
+    """The demo: read `source`, annotate every frame, optionally show, save and log it. Keys: q quits, a toggles attention."""
+    session = _open_session(source, options)
+    try:
+        _annotate_frames(session)
+    finally:
+        _close_session(session)
+    stats, frames = session.stats, session.frames
+    if options.summary_path:
+        summary = session.outputs.summary
+        summary.no_face, summary.unreadable, summary.too_large = stats.no_face, stats.unreadable, stats.too_large
+        summary.write(Path(options.summary_path), source, frames.kind, stats.frames, frames.fps)
+    stats.timings = dict(session.predictor.timings)
+    return stats
+
+
+def _open_session(source: str, options: DemoOptions) -> _Session:
+    """The model, the source, the tracker, the background detector and the outputs of a run, the refusals first."""
+    if options.display and not _has_display():
         raise EmotionError("no display to show the demo on (DISPLAY is not set): add --no-display, "
                            "with --output and/or --json to keep the results")
-    if detect_every < 1:
-        raise EmotionError(f"--detect-every must be >= 1, got {detect_every}")
-    listed = ListedBoxes.read(boxes_path) if boxes_path else None
-    predictor = Predictor.from_model_dir(model_dir, detector_model, with_detector=listed is None, explain_by=explain_by)
+    if options.detect_every < 1:
+        raise EmotionError(f"--detect-every must be >= 1, got {options.detect_every}")
+    listed = ListedBoxes.read(options.boxes_path) if options.boxes_path else None
+    predictor = Predictor.from_model_dir(options.model_dir, options.detector_model, with_detector=listed is None,
+                                         explain_by=options.explain_by)
     frames = open_source(source)
     stream = frames.kind != "images"
-    tracker = predictor.new_tracker(smoothing=smoothing if stream else 1.0)
+    tracker = predictor.new_tracker(smoothing=options.smoothing if stream else 1.0)
     background = None
-    if stream and listed is None and (frames.kind == "camera" if background_detection is None else background_detection):
-        from emotion.runtime import leave_cores_free
-
+    in_background = frames.kind == "camera" if options.background_detection is None else options.background_detection
+    if stream and listed is None and in_background:
         leave_cores_free(1)  # the detector's core
         background = BackgroundDetector(predictor.detector)
-    sink = None
-    if output and not stream and Path(output).suffix.lower() in VIDEO_SUFFIXES:
-        raise EmotionError(f"--output {output} names a video, but {source} is a photo source: give a folder "
-                           "(annotated/) or, for one photo, an image file (annotated.png)")
-    if output:
-        sink = _VideoSink(Path(output), frames.fps) if stream else _ImageSink(Path(output), source)
-    log = _JsonLinesSink(Path(json_path)) if json_path else None
-    table = _FramesCsvSink(Path(frames_csv), predictor.class_names) if frames_csv else None
-    summary = FaceSummary(predictor.class_names)
-    stats = RunStats()
-    window = "emotion demo (q quits, a toggles attention)"
+    outputs = _Outputs(options, source, frames, predictor.class_names)
+    return _Session(options, predictor, frames, tracker, outputs, listed, background)
+
+
+def _annotate_frames(session: _Session) -> None:
+    """The frame loop: detect (every --detect-every frames), track, classify, smooth, overlay, write and show."""
+    options, frames, stats = session.options, session.frames, session.stats
+    stream = frames.kind != "images"
+    show_attention = options.show_attention
     fps = None
     started = time.perf_counter()
-    try:
-        for index, (name, frame) in enumerate(frames.frames):
-            if max_frames is not None and index >= max_frames:
+    for index, (name, frame) in enumerate(frames.frames):
+        if options.max_frames is not None and index >= options.max_frames:
+            break
+        if isinstance(frame, str):  # a file of a folder that was not read: counted, the run goes on
+            (stats.too_large if frame == "too_large" else stats.unreadable).append(name)
+            continue
+        if not stream:
+            session.tracker.reset()  # separate photos share no faces
+        start = time.perf_counter()
+        faces, annotated = process_frame(session.predictor, session.tracker, frame, detect=index % options.detect_every == 0,
+                                         show_attention=show_attention, fps=fps, background=session.background,
+                                         boxes=session.listed.boxes(index, name) if session.listed else None)
+        elapsed = time.perf_counter() - start
+        stats.seconds += elapsed
+        fps = 1.0 / elapsed if fps is None else 0.9 * fps + 0.1 / max(elapsed, 1e-6)
+        stats.frames += 1
+        stats.faces += len(faces)
+        if not faces and not stream:
+            stats.no_face.append(name)
+        when = {"video": index / frames.fps if frames.fps else None, "camera": start - started}.get(frames.kind)
+        session.outputs.write(index, name, when, faces, annotated)
+        if options.display:
+            cv2.imshow(WINDOW_TITLE, annotated)
+            key = cv2.waitKey(0 if frames.kind == "images" else 1) & 0xFF
+            if key == ord("q"):
                 break
-            if isinstance(frame, str):  # a file of a folder that was not read: counted, the run goes on
-                (stats.too_large if frame == "too_large" else stats.unreadable).append(name)
-                continue
-            if not stream:
-                tracker.reset()  # separate photos share no faces
-            start = time.perf_counter()
-            faces, annotated = process_frame(predictor, tracker, frame, detect=index % detect_every == 0,
-                                             show_attention=show_attention, fps=fps, background=background,
-                                             boxes=listed.boxes(index, name) if listed else None)
-            elapsed = time.perf_counter() - start
-            stats.seconds += elapsed
-            fps = 1.0 / elapsed if fps is None else 0.9 * fps + 0.1 / max(elapsed, 1e-6)
-            stats.frames += 1
-            stats.faces += len(faces)
-            if not faces and not stream:
-                stats.no_face.append(name)
-            summary.add(index, faces)
-            if log:
-                for face in faces:
-                    log.write({"frame": index, "source": name, **face.to_dict(predictor.class_names)})
-            if table:
-                when = {"video": index / frames.fps if frames.fps else None, "camera": start - started}.get(frames.kind)
-                table.write(index, name, when, faces)
-            if sink:
-                sink.write(name, annotated)
-            if display:
-                cv2.imshow(window, annotated)
-                key = cv2.waitKey(0 if frames.kind == "images" else 1) & 0xFF
-                if key == ord("q"):
-                    break
-                if key == ord("a"):
-                    show_attention = not show_attention
-    finally:
-        if background:
-            background.close()
-            predictor.timings["detect (background thread)"] += background.seconds
-        if sink:
-            sink.close()
-        if log:
-            log.close()
-            stats.records = log.records
-        if table:
-            table.close()
-        if display:
-            cv2.destroyAllWindows()
-    if summary_path:
-        summary.no_face, summary.unreadable, summary.too_large = stats.no_face, stats.unreadable, stats.too_large
-        summary.write(Path(summary_path), source, frames.kind, stats.frames, frames.fps)
-    stats.timings = dict(predictor.timings)
-    return stats
+            if key == ord("a"):
+                show_attention = not show_attention
+
+
+def _close_session(session: _Session) -> None:
+    """Stop the background detector (its time counted), finish every output file, close the window."""
+    if session.background:
+        session.background.close()
+        session.predictor.timings["detect (background thread)"] += session.background.seconds
+    session.outputs.close(session.stats)
+    if session.options.display:
+        cv2.destroyAllWindows()

@@ -14,11 +14,16 @@ import evaluate
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 
+from emotion.config import TrainConfig, validate
 from emotion.csv_cells import cell
+from emotion.data import build_dataloader, build_transform, load_splits
 from emotion.errors import EmotionError
 from emotion.labels import CLASS_TO_ID
 from emotion.metrics import EXPRESSION_METRICS
+from emotion.model import load_model
+from emotion.runtime import make_accelerator
 
 
 @dataclass
@@ -139,14 +144,10 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, class_names: list[str]) -> None:
     """Counts and row-normalised recall side by side, class names on both axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+    fig = Figure(figsize=(15, 6.5))  # no pyplot: no GUI backend, no global figure to close
+    axes = fig.subplots(1, 2)
     for ax, values, title, fmt in ((axes[0], matrix, "Counts", "d"), (axes[1], normalised, "Row-normalised (recall)", ".2f")):
         image = ax.imshow(values, cmap="Blues", vmin=0, vmax=values.max() if values.max() > 0 else 1)
         ax.set_title(title)
@@ -162,7 +163,6 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path, class_names: list[str]
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_predictions_csv(predictions: Predictions, ids: list[str], path: Path, class_names: list[str]) -> None:
@@ -178,8 +178,6 @@ def run_config_for(model_dir: Path):
 
     Evaluation then rebuilds (or reuses) the very cache training read: the options that shape rows (label mode,
     data seed, validation share, subset, ...) come from there."""
-    from emotion.config import TrainConfig
-
     run_config = model_dir.parent / "config.json"
     return TrainConfig.load(run_config) if run_config.is_file() else TrainConfig()
 
@@ -200,11 +198,6 @@ def evaluate_saved_model(model_dir: Path, dataset: str | None = None, data_dir: 
     """Evaluate a saved model on a split of its data set (or another) and write the report files.
 
     `colour` ('grey' or 'rgb') overrides the model's colour rule, to measure what the rule buys."""
-    from emotion.config import validate
-    from emotion.data import build_dataloader, build_transform, load_splits
-    from emotion.model import load_model
-    from emotion.runtime import make_accelerator
-
     model = load_model(model_dir)
     config = run_config_for(model_dir)
     if dataset is not None and dataset != config.dataset:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
 
 from emotion.labels import ACTION_PROTOTYPES, CLASS_NAMES, FACE_REGIONS, NUM_CLASSES, ONE_SIDED_CLASSES
@@ -140,8 +141,6 @@ def region_weights(attention: np.ndarray, baseline: dict[str, float] | None = No
 def occluded_copies(crop: np.ndarray) -> list[np.ndarray]:
     """One copy of a face crop (H, W, 3, canonical layout) per facial region, FACE_REGIONS order, with that region hidden
     under a blur of the crop (sigma OCCLUSION_BLUR of its side): the region's lines and creases go, its shapes stay."""
-    import cv2
-
     height, width = crop.shape[:2]
     blurred = cv2.GaussianBlur(crop, (0, 0), OCCLUSION_BLUR * height)
     copies = []

@@ -14,13 +14,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from torch import nn
 
 from emotion import card
 from emotion.checkpoint import find_saved_model
+from emotion.config import PRESETS, TrainConfig
 from emotion.errors import EmotionError
 from emotion.faces.predict import ONNX_INPUT as INPUT_NAME, ONNX_OUTPUTS as OUTPUT_NAMES, OnnxRunner
-from emotion.model import EmotionNet, load_model
+from emotion.io import read_json
+from emotion.model import EmotionNet, build_model, load_model
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
@@ -94,7 +98,7 @@ def export_onnx(model_dir: Path, output_dir: Path | None = None, opset: int = OP
             os.replace(path, output_dir / path.name)
     report = {"file": ONNX_FILE, "opset": opset, "max_abs_diff": gap, "gaps": gaps, "tolerance": tolerance,
               "batches": list(PARITY_BATCHES), "command": command or card.current_command()}
-    card.write_model_card(output_dir, run_config=card.read_json(model_dir.parent / "config.json"), export=report)
+    card.write_model_card(output_dir, run_config=read_json(model_dir.parent / "config.json"), export=report)
     return report
 
 
@@ -111,9 +115,6 @@ def _images_per_second(call, batch: Any, batch_size: int, seconds: float) -> flo
 def compare_runtimes(preset: str, batch_size: int = 8, seconds: float = 5.0, threads: int = 1, opset: int = OPSET) -> dict[str, Any]:
     """CPU images/s of PyTorch vs ONNX Runtime for a preset's architecture (random weights: speed only), both on
     `threads` threads (on a shared machine, PyTorch's OpenMP pool collapses when oversubscribed: 1 is the fair default)."""
-    from emotion.config import PRESETS, TrainConfig
-    from emotion.model import build_model
-
     if preset not in PRESETS:
         raise EmotionError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     config = TrainConfig(**PRESETS[preset], pretrained=False)
@@ -149,9 +150,6 @@ def hub_files(model_dir: Path) -> list[str]:
 
 def push_to_hub(model_dir: Path, repo_id: str, private: bool = False, token: str | None = None) -> tuple[str, list[str]]:
     """Upload the model folder's files to a Hub model repo (created if missing); returns the commit URL and the files."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
-
     model_dir = find_saved_model(Path(model_dir))  # a kill mid-replacement leaves the complete previous version
     files = hub_files(model_dir)
     api = HfApi(token=token)

@@ -8,6 +8,11 @@ CLASS_TO_ID: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
 CLASS_NAMES_7: tuple[str, ...] = CLASS_NAMES[:7]
 CLASS_LISTS: dict[int, tuple[str, ...]] = {8: CLASS_NAMES, 7: CLASS_NAMES_7}
 
+# The reference runs log beside their own figure: DDAMFN's supervised AffectNet-8 validation accuracy (docs/datasets.md).
+PUBLISHED_AFFECTNET8_BEST = 64.25
+# AffectNet-7 (3,500 validation images): QCS, arXiv 2411.01988 (best row of the published AffectNet-7 figures).
+PUBLISHED_AFFECTNET7_BEST = 67.94
+
 # How data sets number their classes (number -> class name): their own order, not the canonical one.
 LABEL_ORDERS: dict[str, dict[int, str]] = {
     "affectnet": dict(enumerate(CLASS_NAMES)),

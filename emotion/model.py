@@ -5,6 +5,7 @@ through huggingface_hub's PyTorchModelHubMixin, so a saved model is rebuilt by n
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import timm
@@ -12,7 +13,9 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from emotion.checkpoint import find_saved_model
 from emotion.errors import EmotionError
+from emotion.io import check_weights_file, read_json
 from emotion.labels import CLASS_LISTS, CLASS_NAMES, CLASS_TO_ID
 
 
@@ -236,11 +239,6 @@ def speed_up(model: nn.Module, channels_last: bool = False, compile: bool = Fals
 
 def load_model(path) -> EmotionNet:
     """A saved model directory (config.json + model.safetensors), with a one-line error when it is not one or is damaged."""
-    from pathlib import Path
-
-    from emotion.card import read_json
-    from emotion.checkpoint import find_saved_model
-
     directory = find_saved_model(Path(path))  # a kill mid-replacement leaves the previous version beside it
     if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
         raise EmotionError(f"{directory} is not a saved model (needs config.json and model.safetensors): "
@@ -253,22 +251,3 @@ def load_model(path) -> EmotionNet:
         raise EmotionError(f"{directory} is damaged: its weights do not fit its config.json ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:160]}): copy the saved model again or retrain") from None
 
-
-def check_weights_file(path, what: str) -> None:
-    """A weights file (.safetensors, or a torch .pth/.bin) that exists and reads whole: one line naming it otherwise."""
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        raise EmotionError(f"{what} {path}: no such file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt"):  # opening checks the header against the file's length
-                pass
-        else:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # an empty, truncated or foreign file: each reader has its own error types
-        raise EmotionError(f"{what} {path} is damaged or not a weights file ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'}): copy it again") from None

@@ -17,20 +17,20 @@ image whatever the number of processes or the order of generation.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import cv2
+import datasets
 import numpy as np
 
 from emotion.config import DEFAULT_CACHE_DIR
 from emotion.labels import CLASS_LISTS, CLASS_NAMES, FACE_REGIONS, NUM_CLASSES
-
-if TYPE_CHECKING:  # imported lazily: rendering faces does not need `datasets`
-    import datasets
 
 __all__ = ["render_face", "expression_regions", "load_synthetic", "save_preview_grid", "SPLIT_IDS"]
 
@@ -284,119 +284,183 @@ def _expression_params(label: int, rng: np.random.Generator) -> tuple[dict[str, 
     return p, intensity, side
 
 
-def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side: int, aspect: float) -> None:
+@dataclass(frozen=True)
+class _Colours:
+    """One identity's colours: skin, its shade, ink (creases and outlines), hair, brows and lips."""
+
+    skin: np.ndarray
+    shade: np.ndarray
+    ink: np.ndarray
+    hair: np.ndarray
+    brow: np.ndarray
+    lip: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where one identity's features sit, in face-local units (eye_x, mouth_w: from the midline)."""
+
+    aspect: float  # face half-width / half-height
+    brow_y: float
+    eye_x: float
+    eye_y: float
+    eye_rx: float
+    upper_lid: float  # opening of the resting lids
+    lower_lid: float
+    nose_tip: float
+    nose_w: float
+    mouth_y: float
+    mouth_w: float
+
+
+def _colours(rng: np.random.Generator) -> _Colours:
     t = rng.uniform(0, len(_SKIN_TONES) - 1)
     i0 = int(t)
     skin = _SKIN_TONES[i0] * (1 - (t - i0)) + _SKIN_TONES[min(i0 + 1, len(_SKIN_TONES) - 1)] * (t - i0)
     skin = np.clip(skin + rng.normal(0, 6, 3), 0, 255)
-    ink = skin * rng.uniform(0.22, 0.36)                      # creases and outlines
-    shade = skin * 0.82
+    ink = skin * rng.uniform(0.22, 0.36)
     hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.8, 1.15)
-    brow_col = np.minimum(hair * 0.75, skin * 0.55) * 0.6 + skin * 0.35 * 0.4
-    lip_col = skin * np.array([0.85, 0.58, 0.58]) + np.array([25, 0, 5]) * rng.uniform(0.3, 1.0)
-    a = aspect
+    lip = skin * np.array([0.85, 0.58, 0.58]) + np.array([25, 0, 5]) * rng.uniform(0.3, 1.0)
+    return _Colours(skin=skin, shade=skin * 0.82, ink=ink, hair=hair,
+                    brow=np.minimum(hair * 0.75, skin * 0.55) * 0.6 + skin * 0.35 * 0.4, lip=lip)
+
+
+def _layout(rng: np.random.Generator, aspect: float, brow_y: float) -> _Layout:
+    # Keyword arguments are evaluated in the order written: the order of the draws, which the data set depends on.
+    return _Layout(aspect=aspect, brow_y=brow_y, eye_x=rng.uniform(0.28, 0.35) * (aspect / 0.8) ** 0.5,
+                   eye_y=rng.uniform(-0.27, -0.22), eye_rx=rng.uniform(0.11, 0.135), upper_lid=rng.uniform(0.05, 0.065),
+                   lower_lid=rng.uniform(0.035, 0.048), nose_tip=rng.uniform(0.1, 0.17), nose_w=rng.uniform(0.06, 0.085),
+                   mouth_y=rng.uniform(0.42, 0.48), mouth_w=rng.uniform(0.19, 0.24))
+
+
+def _chin(p: dict[str, float]) -> float:
+    """The chin's height: a dropped jaw lowers it."""
+    return 1.0 + p["jaw_drop"]
+
+
+def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side: int, aspect: float) -> None:
+    """One identity's face wearing the expression `p`, part by part, back to front; the parts draw from `rng` in this
+    order, which fixes every image of the data set."""
+    colours = _colours(rng)
+    brow_y = _draw_head(cv, rng, p, colours, aspect)
+    blush = rng.uniform(0, 0.18) if rng.random() < 0.35 else 0.0  # identity blush (rest position)
+    face = _layout(rng, aspect, brow_y)
+    _draw_cheeks(cv, rng, p, colours, face, blush)
+    _draw_brows(cv, rng, p, colours, face)
+    _draw_eyes(cv, rng, p, colours, face)
+    _draw_nose(cv, rng, p, colours, face)
+    lower_lip = _draw_mouth(cv, rng, p, side, colours, face)
+    _draw_jaw(cv, p, colours, face, lower_lip)
+
+
+def _draw_head(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], colours: _Colours, a: float) -> float:
+    """Neck, clothes, hair, ears, the face's outline and the forehead lines; returns the height of the brow line."""
     hair_style = rng.choice(["none", "cap", "long"], p=[0.25, 0.45, 0.30])
     hairline = rng.uniform(-0.9, -0.74)
-    chin = 1.0 + p["jaw_drop"]
     taper = rng.uniform(0.05, 0.2) * (1 - 0.6 * min(1.0, p["jaw_square"]))
-
-    # neck and clothes
     cloth = rng.uniform(20, 230, 3)
-    cv.fill(np.array([[-0.3 * a, 0.5], [0.3 * a, 0.5], [0.36 * a, 1.6], [-0.36 * a, 1.6]]), shade)
+    cv.fill(np.array([[-0.3 * a, 0.5], [0.3 * a, 0.5], [0.36 * a, 1.6], [-0.36 * a, 1.6]]), colours.shade)
     cv.fill(np.concatenate([_ell(0, 1.55, 1.25, 0.45, math.pi, 2 * math.pi), [[1.4, 2.2], [-1.4, 2.2]]]), cloth)
     if hair_style == "long":
         back = np.concatenate([_ell(0, -0.1, a * 1.22, 1.05, math.pi, 2 * math.pi),
                                [[a * 1.25, 0.9], [-a * 1.25, 0.9]]])
-        cv.fill(back, hair * 0.85)
-    # ears
-    if rng.random() < 0.9:
+        cv.fill(back, colours.hair * 0.85)
+    if rng.random() < 0.9:  # ears
         for s in (-1, 1):
-            cv.fill(_ell(s * a * 0.97, -0.12, 0.09, 0.17), shade)
-            cv.line(_arc(s, s * a * 0.99, -0.12, 0.045, 0.1, -math.pi / 2, math.pi / 2), ink * 1.6, 0.012)
+            cv.fill(_ell(s * a * 0.97, -0.12, 0.09, 0.17), colours.shade)
+            cv.line(_arc(s, s * a * 0.99, -0.12, 0.045, 0.1, -math.pi / 2, math.pi / 2), colours.ink * 1.6, 0.012)
     # face outline (upper half ellipse, tapered lower half to the chin)
     th = np.linspace(0, 2 * math.pi, 72, endpoint=False)
     sin = np.sin(th)
     x = a * np.cos(th) * np.where(sin > 0, 1 - taper * sin ** 2, 1.0)
-    y = np.where(sin > 0, sin * chin, sin)
-    cv.fill(np.stack([x, y], 1), skin)
-    by = rng.uniform(-0.5, -0.45)  # brow line
-    # forehead lines (under the hair)
-    if p["forehead"] > 0.05:
+    y = np.where(sin > 0, sin * _chin(p), sin)
+    cv.fill(np.stack([x, y], 1), colours.skin)
+    brow_y = rng.uniform(-0.5, -0.45)
+    if p["forehead"] > 0.05:  # forehead lines, under the hair
         for j in range(3):
-            yy = by - 0.12 - 0.07 * j
+            yy = brow_y - 0.12 - 0.07 * j
             arc = _ell(0, yy + 0.12, 0.32 - 0.03 * j, 0.1, 1.25 * math.pi, 1.75 * math.pi, 14)
-            cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012))], ink, min(0.7, 0.6 * p["forehead"]))
+            cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012))], colours.ink, min(0.7, 0.6 * p["forehead"]))
     if hair_style != "none":
-        xs = np.linspace(-a * 1.08, a * 1.08, 40)
-        line = hairline + (-0.25 - hairline) * np.clip(np.abs(xs) / (a * 1.02), 0, 1) ** 4
-        cap_top = _ell(0, 0.0, a * 1.08, 1.07, math.pi, 2 * math.pi)
-        cap = np.concatenate([cap_top, np.stack([xs, line], 1)[::-1]])
-        cv.fill(cap, hair)
-        if rng.random() < 0.5:  # a parting or fringe strand
-            px = rng.uniform(-0.4, 0.4) * a
-            cv.line(np.array([[px, -1.02], [px * 1.2, hairline + 0.02]]), hair * 0.6, 0.02)
-    # identity blush (rest position)
-    blush = rng.uniform(0, 0.18) if rng.random() < 0.35 else 0.0
-    cheek_col = skin * 0.75 + np.array([255, 120, 120]) * 0.25
+        _draw_hair_cap(cv, rng, colours.hair, a, hairline)
+    return brow_y
 
-    ex = rng.uniform(0.28, 0.35) * (a / 0.8) ** 0.5
-    ey = rng.uniform(-0.27, -0.22)
-    erx = rng.uniform(0.11, 0.135)
-    hu0 = rng.uniform(0.05, 0.065)
-    hl0 = rng.uniform(0.035, 0.048)
-    nose_tip = rng.uniform(0.1, 0.17)
-    nose_w = rng.uniform(0.06, 0.085)
-    my = rng.uniform(0.42, 0.48)
-    mw = rng.uniform(0.19, 0.24)
 
-    # --- cheeks (apples raise, nasolabial folds) ---
+def _draw_hair_cap(cv: _Canvas, rng: np.random.Generator, hair: np.ndarray, a: float, hairline: float) -> None:
+    xs = np.linspace(-a * 1.08, a * 1.08, 40)
+    line = hairline + (-0.25 - hairline) * np.clip(np.abs(xs) / (a * 1.02), 0, 1) ** 4
+    cap_top = _ell(0, 0.0, a * 1.08, 1.07, math.pi, 2 * math.pi)
+    cv.fill(np.concatenate([cap_top, np.stack([xs, line], 1)[::-1]]), hair)
+    if rng.random() < 0.5:  # a parting or fringe strand
+        px = rng.uniform(-0.4, 0.4) * a
+        cv.line(np.array([[px, -1.02], [px * 1.2, hairline + 0.02]]), hair * 0.6, 0.02)
+
+
+def _draw_cheeks(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], colours: _Colours, face: _Layout,
+                 blush: float) -> None:
+    """Cheek apples (raised in a smile) and the nasolabial folds: faint at rest for some identities, deep in a smile."""
+    cheek_col = colours.skin * 0.75 + np.array([255, 120, 120]) * 0.25
     ck = float(np.clip(p["cheek"], 0, 1.2))
     apple_y = 0.2 - 0.09 * ck
-    apples = [_ell(sg * (ex + 0.1), apple_y, 0.14, 0.085 + 0.01 * ck) for sg in (-1, 1)]
+    apples = [_ell(sg * (face.eye_x + 0.1), apple_y, 0.14, 0.085 + 0.01 * ck) for sg in (-1, 1)]
     cv.blend_fill(apples, cheek_col, blush + 0.35 * ck)
     if ck > 0.05:
         for sg in (-1, 1):  # lower edge of the raised cheek
-            arc = _ell(sg * (ex + 0.1), apple_y + 0.02, 0.13, 0.09, 0.2 * math.pi, 0.8 * math.pi, 14)
-            cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012 * ck))], ink, 0.55)
-    # nasolabial folds: faint at rest for some identities, deep and curved in a smile
+            arc = _ell(sg * (face.eye_x + 0.1), apple_y + 0.02, 0.13, 0.09, 0.2 * math.pi, 0.8 * math.pi, 14)
+            cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012 * ck))], colours.ink, 0.55)
     fold_rest = rng.uniform(0, 0.3) if rng.random() < 0.4 else 0.0
     fold = fold_rest + 0.7 * ck
     if fold > 0.03:
         for sg in (-1, 1):
             t_ = np.linspace(0, 1, 12)[:, None]
-            p0 = np.array([sg * (nose_w + 0.04), nose_tip - 0.02])
-            p2 = np.array([sg * (mw * (1 + p["mouth_w"]) + 0.05), my + 0.03])
-            p1 = np.array([sg * (nose_w + 0.04 + 0.12 + 0.06 * ck), (p0[1] + p2[1]) / 2])
+            p0 = np.array([sg * (face.nose_w + 0.04), face.nose_tip - 0.02])
+            p2 = np.array([sg * (face.mouth_w * (1 + p["mouth_w"]) + 0.05), face.mouth_y + 0.03])
+            p1 = np.array([sg * (face.nose_w + 0.04 + 0.12 + 0.06 * ck), (p0[1] + p2[1]) / 2])
             curve = (1 - t_) ** 2 * p0 + 2 * (1 - t_) * t_ * p1 + t_ ** 2 * p2
-            cv.blend_fill([_ribbon(curve, np.linspace(0.016, 0.004, 12))], ink, min(0.9, fold))
+            cv.blend_fill([_ribbon(curve, np.linspace(0.016, 0.004, 12))], colours.ink, min(0.9, fold))
 
-    # --- brows ---
+
+def _draw_brows(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], colours: _Colours, face: _Layout) -> None:
+    """Both brows (tapered ribbons) and the vertical frown lines between them."""
+    by = face.brow_y
     brow_th = rng.uniform(0.032, 0.055)
     for sg in (-1, 1):
         xi = rng.uniform(0.1, 0.13) - p["brow_inner_x"]
-        xo = ex + erx + rng.uniform(0.02, 0.06)
+        xo = face.eye_x + face.eye_rx + rng.uniform(0.02, 0.06)
         yi = by + p["brow_y"] + p["brow_inner_y"]
         yo = by + p["brow_y"] + p["brow_outer_y"] + 0.01
         tt = np.linspace(0, 1, 16)
         arch = (0.025 + p["brow_arch"]) * np.sin(math.pi * tt ** 0.8)
         centre = np.stack([sg * (xi + (xo - xi) * tt), yi + (yo - yi) * tt - arch], 1)
-        cv.fill(_ribbon(centre, brow_th * (1 - 0.55 * tt ** 1.5)), brow_col)
+        cv.fill(_ribbon(centre, brow_th * (1 - 0.55 * tt ** 1.5)), colours.brow)
     if p["glabella"] > 0.05:
         for sg in (-1, 1):
             gx = sg * 0.035
             cv.blend_fill([_ribbon(np.array([[gx, by + 0.03], [gx * 1.2, by + 0.1]]), np.full(2, 0.013))],
-                          ink, min(0.9, p["glabella"]))
+                          colours.ink, min(0.9, p["glabella"]))
 
-    # --- eyes ---
+
+def _draw_eyeball(cv: _Canvas, eye_poly: np.ndarray, iris_c: tuple[float, float], iris_r: float, sclera: np.ndarray,
+                  iris_col: np.ndarray) -> None:
+    cv.fill(eye_poly, sclera)
+    cv.fill(_ell(iris_c[0], iris_c[1], iris_r, iris_r, n=24), iris_col)
+    cv.fill(_ell(iris_c[0], iris_c[1], iris_r * 0.45, iris_r * 0.45, n=16), (15, 12, 12))
+    cv.fill(_ell(iris_c[0] + iris_r * 0.3, iris_c[1] - iris_r * 0.35, iris_r * 0.18, iris_r * 0.18, n=10),
+            (250, 250, 250))
+
+
+def _draw_eyes(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], colours: _Colours, face: _Layout) -> None:
+    """Both eyes: the eyeball inside the lids, the lid lines and crease, and the crow's feet of a Duchenne smile."""
+    ink, ey, erx = colours.ink, face.eye_y, face.eye_rx
     sclera = np.array([245, 243, 238]) * rng.uniform(0.9, 1.0)
     iris_col = _IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))]
     iris_r = rng.uniform(0.045, 0.055)
     gaze = rng.normal(0, 0.012, 2)
     tilt = rng.uniform(-0.005, 0.02)
-    hu = hu0 * max(0.25, 1 + p["eye_upper"])
-    hl = hl0 * max(0.2, 1 + p["eye_lower"])
+    hu = face.upper_lid * max(0.25, 1 + p["eye_upper"])
+    hl = face.lower_lid * max(0.2, 1 + p["eye_lower"])
     for sg in (-1, 1):
-        cx = sg * ex
+        cx = sg * face.eye_x
         tt = np.linspace(-1, 1, 25)
         inner = (1 - sg * tt) / 2  # 1 at the corner toward the nose
         xs = cx + erx * tt
@@ -405,15 +469,7 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
         lower = corner_y + hl * (1 - tt ** 2) ** 1.2
         eye_poly = np.concatenate([np.stack([xs, upper], 1), np.stack([xs, lower], 1)[::-1]])
         iris_c = (cx + gaze[0], ey + gaze[1] * 0.5 + 0.004)
-
-        def _draw_eye(eye_poly=eye_poly, iris_c=iris_c):
-            cv.fill(eye_poly, sclera)
-            cv.fill(_ell(iris_c[0], iris_c[1], iris_r, iris_r, n=24), iris_col)
-            cv.fill(_ell(iris_c[0], iris_c[1], iris_r * 0.45, iris_r * 0.45, n=16), (15, 12, 12))
-            cv.fill(_ell(iris_c[0] + iris_r * 0.3, iris_c[1] - iris_r * 0.35, iris_r * 0.18, iris_r * 0.18, n=10),
-                    (250, 250, 250))
-
-        cv.clipped(eye_poly, _draw_eye)
+        cv.clipped(eye_poly, functools.partial(_draw_eyeball, cv, eye_poly, iris_c, iris_r, sclera, iris_col))
         cv.line(np.stack([xs, upper], 1), ink * 0.6, 0.022 + 0.01 * max(0.0, p["lid_slant"]))
         cv.line(np.stack([xs, lower], 1)[3:-3], ink * 1.3, 0.01)
         # upper-lid crease (eyelid fold); it moves with the lid
@@ -428,9 +484,12 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
             under = _ell(cx, ey + hl + 0.01, erx * 0.8, 0.035, 0.15 * math.pi, 0.85 * math.pi, 12)
             cv.blend_fill([_ribbon(under, np.full(len(under), 0.011))], ink, min(0.8, 0.6 * p["crow"]))
 
-    # --- nose ---
-    nw = nose_w * (1 + p["nose_flare"])
-    ny = nose_tip + p["nostril_y"]
+
+def _draw_nose(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], colours: _Colours, face: _Layout) -> None:
+    """The bridge's shadow on the unlit side, the tip, the wings and nostrils, and the wrinkles of disgust."""
+    ink, ey = colours.ink, face.eye_y
+    nw = face.nose_w * (1 + p["nose_flare"])
+    ny = face.nose_tip + p["nostril_y"]
     light = 1 if rng.random() < 0.5 else -1
     cv.blend_fill([_ribbon(np.array([[light * 0.055, ey + 0.02], [light * 0.065, ny - 0.08]]),
                            np.array([0.008, 0.02]))], ink, 0.35)
@@ -449,8 +508,12 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
             seg = np.array([[sg * 0.07, ey + 0.08], [sg * (nw + 0.035), ny - 0.06]])
             cv.blend_fill([_ribbon(seg, np.array([0.012, 0.008]))], ink, alpha)
 
-    # --- mouth ---
-    w = mw * max(0.4, 1 + p["mouth_w"])
+
+def _draw_mouth(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side: int, colours: _Colours,
+                face: _Layout) -> float:
+    """Lips, the opening with its teeth, and the skin the corners press or dimple; returns the lower lip's thickness."""
+    ink, my = colours.ink, face.mouth_y
+    w = face.mouth_w * max(0.4, 1 + p["mouth_w"])
     tt = np.linspace(-1, 1, 41)
     xs = w * tt
     cl = p["corner_up"] + (p["corner_one"] if side < 0 else -p["corner_one"] * 0.15)
@@ -468,7 +531,7 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
     env = (1 - tt ** 2) ** 0.6
     yuo = yu - th_u * env * (1 - 0.35 * np.exp(-(tt / 0.12) ** 2)) + 0.6 * lift * 0.3
     ylo = yl + th_l * env
-    cv.fill(np.concatenate([np.stack([xs, yuo], 1), np.stack([xs, ylo], 1)[::-1]]), lip_col)
+    cv.fill(np.concatenate([np.stack([xs, yuo], 1), np.stack([xs, ylo], 1)[::-1]]), colours.lip)
     gap = yl - yu
     if gap.max() > 0.012:
         inner_poly = np.concatenate([np.stack([xs, yu], 1), np.stack([xs, yl], 1)[::-1]])
@@ -491,10 +554,14 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
         cy_ = my - (cr if side > 0 else cl)
         arc = _arc(side, side * (w + 0.015), cy_ - 0.005, 0.025, 0.045, -0.5 * math.pi, 0.5 * math.pi, 10)
         cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012))], ink, min(0.85, 0.75 * p["dimple"]))
+    return th_l
 
-    # --- jaw ---
+
+def _draw_jaw(cv: _Canvas, p: dict[str, float], colours: _Colours, face: _Layout, lower_lip: float) -> None:
+    """The chin crease and masseters of a clenched jaw, and the stretched chin under a dropped one."""
+    ink, a = colours.ink, face.aspect
     if p["chin_crease"] > 0.05:
-        yc = my + th_l + 0.14
+        yc = face.mouth_y + lower_lip + 0.14
         arc = _ell(0, yc - 0.05, 0.1, 0.05, 0.2 * math.pi, 0.8 * math.pi, 12)
         cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.014))], ink, min(0.85, 0.7 * p["chin_crease"]))
     if p["jaw_square"] > 0.05:
@@ -502,7 +569,7 @@ def _draw_face(cv: _Canvas, rng: np.random.Generator, p: dict[str, float], side:
             seg = np.array([[sg * a * 0.8, 0.45], [sg * a * 0.72, 0.7]])
             cv.blend_fill([_ribbon(seg, np.array([0.012, 0.018]))], ink, min(0.7, 0.55 * p["jaw_square"]))
     if p["jaw_drop"] > 0.02:  # stretched chin under the dropped jaw
-        arc = _ell(0, chin - 0.16, 0.12, 0.04, 0.15 * math.pi, 0.85 * math.pi, 12)
+        arc = _ell(0, _chin(p) - 0.16, 0.12, 0.04, 0.15 * math.pi, 0.85 * math.pi, 12)
         cv.blend_fill([_ribbon(arc, np.full(len(arc), 0.012))], ink, min(0.6, 4 * p["jaw_drop"]))
 
 
@@ -547,9 +614,7 @@ def _source_hash() -> str:
     return hashlib.sha256(data + str(GENERATOR_VERSION).encode()).hexdigest()[:10]
 
 
-def _features(classes: int = NUM_CLASSES) -> "datasets.Features":
-    import datasets
-
+def _features(classes: int = NUM_CLASSES) -> datasets.Features:
     return datasets.Features({
         "image": datasets.Image(),
         "label": datasets.ClassLabel(names=list(CLASS_LISTS[classes])),
@@ -588,7 +653,7 @@ def _shards(n: int) -> list[tuple[int, int]]:
 
 def load_synthetic(num_train: int, num_val: int, image_size: int = 96, seed: int = 0,
                    cache_dir: str | os.PathLike | None = None,
-                   num_proc: int | None = None, classes: int = NUM_CLASSES) -> "datasets.DatasetDict":
+                   num_proc: int | None = None, classes: int = NUM_CLASSES) -> datasets.DatasetDict:
     """DatasetDict with 'train' and 'validation' splits of synthetic faces, cached as Arrow.
 
     Features: image (PNG via ``datasets.Image``), label (``ClassLabel(names=CLASS_NAMES)``), regions
@@ -598,8 +663,6 @@ def load_synthetic(num_train: int, num_val: int, image_size: int = 96, seed: int
     that changes the data and by the generator's source: the same call reuses it, any other builds
     its own. ``num_proc`` only parallelises the build; the images do not depend on it.
     """
-    import datasets
-
     if num_train < 0 or num_val < 0:
         raise ValueError("num_train and num_val must be >= 0")
     if seed < 0:

@@ -8,7 +8,7 @@ import skimage.data
 
 from conftest import run_script
 from emotion.cli import demo_main
-from emotion.demo import run
+from emotion.demo import DemoOptions, run
 from emotion.faces import DnnDetector, FaceResult, FaceTracker, Predictor, TorchRunner, prototype_agreement, synthetic_agreement
 from emotion.errors import EmotionError
 from emotion.explain import explain, prototype_regions
@@ -198,7 +198,7 @@ def test_explanation_agreement_floor_for_the_cpu_preset():
 
 def test_video_run_writes_every_frame_and_json_records(model_dir, video, tmp_path):
     out, log = tmp_path / "annotated.mp4", tmp_path / "faces.jsonl"
-    stats = run(str(video), str(model_dir), output=str(out), json_path=str(log), display=False, detect_every=3)
+    stats = run(str(video), DemoOptions(str(model_dir), output=str(out), json_path=str(log), display=False, detect_every=3))
     assert stats.frames == 8 and stats.faces >= 8
     capture = cv2.VideoCapture(str(out))
     frames = 0
@@ -217,7 +217,7 @@ def test_video_run_writes_every_frame_and_json_records(model_dir, video, tmp_pat
 
 
 def test_background_detection_follows_the_face_off_the_frame_loop(model_dir, video):
-    stats = run(str(video), str(model_dir), display=False, detect_every=1, background_detection=True)
+    stats = run(str(video), DemoOptions(str(model_dir), display=False, detect_every=1, background_detection=True))
     assert stats.frames == 8 and stats.faces == 8  # the loop waits for the first detection, then tracks
     assert stats.timings["detect (background thread)"] > 0 and "detect" not in stats.timings
 

@@ -14,7 +14,7 @@ from PIL import Image
 from emotion.cli import demo_main
 from emotion.config import TrainConfig
 from emotion.data.prepare import JPEG_QUALITY, Record, prepare_image
-from emotion.demo import run
+from emotion.demo import DemoOptions, run
 from emotion.faces import Predictor, load_runner
 
 # A `cpu` preset model kept in the repo (tests/fixtures/README.md); its config.json predates `face_margin`.
@@ -71,7 +71,7 @@ def test_a_face_that_leaves_loses_its_box_at_the_next_detection(astronaut, tmp_p
     gone = cv2.GaussianBlur(frame, (0, 0), 12)
     video = _write_video(tmp_path / "leaves.avi", [frame] * 8 + [gone] * 8)
     log = tmp_path / "faces.jsonl"
-    run(str(video), str(CPU_MODEL), json_path=str(log), display=False, detect_every=2)
+    run(str(video), DemoOptions(str(CPU_MODEL), json_path=str(log), display=False, detect_every=2))
     frames = [json.loads(line)["frame"] for line in log.read_text().splitlines()]
     assert sorted(set(frames)) == list(range(8))  # frame 8 is a detection round: the face is gone from there on
 

@@ -10,9 +10,8 @@ from skimage import data
 
 from data_fakes import make_numbered_folders, save
 from emotion.cli import eval_main, prepare_main, train_main
-from emotion.config import PUBLISHED_AFFECTNET7_BEST
 from emotion.faces import Predictor, draw_overlay
-from emotion.labels import CLASS_NAMES, CLASS_NAMES_7
+from emotion.labels import CLASS_NAMES, CLASS_NAMES_7, PUBLISHED_AFFECTNET7_BEST
 from emotion.training import selection_line
 
 NUMBERED = [f"{i}_{name}" for i, name in enumerate(CLASS_NAMES)]

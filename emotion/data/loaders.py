@@ -19,6 +19,7 @@ from emotion.data.imagefolder import read_imagefolder
 from emotion.data.prepare import prepared_splits
 from emotion.data.rafdb import read_rafdb
 from emotion.errors import EmotionError
+from emotion.synthetic import load_synthetic
 
 # Real sources: each reader lists records; emotion.data.prepare turns them into the cached Arrow splits.
 READERS = {"imagefolder": read_imagefolder, "affectnet": read_affectnet, "affectnet_plus": read_affectnet_plus,
@@ -34,8 +35,6 @@ GREY_RULE_SHARE = 0.99
 def load_splits(config) -> datasets.DatasetDict:
     """The 'train' and 'validation' splits of the source a TrainConfig names, plus 'test' when the source has one."""
     if config.dataset == "synthetic":
-        from emotion.synthetic import load_synthetic
-
         # Rendering is CPU-bound: use every core once the set is big enough to repay the process start-up.
         num_proc = config.num_proc or ((os.cpu_count() or 1) if config.synthetic_train >= 1000 else None)
         return load_synthetic(config.synthetic_train, config.synthetic_val, image_size=config.image_size,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -225,8 +226,6 @@ def prepare_image(record: Record, image_size: int, margin: float, detect_faces: 
 
 
 def _features(class_names: tuple[str, ...], with_soft: bool, with_affect: bool):
-    import datasets
-
     columns = {
         "image": datasets.Image(),
         "label": datasets.ClassLabel(names=list(class_names)),
@@ -314,8 +313,6 @@ def cache_root(cache_dir: str | None) -> Path:
 def build_prepared(source: Source, target: Path, image_size: int, num_proc: int | None,
                    count: int = NUM_CLASSES) -> dict[str, Any]:
     """Build the cache in a temporary folder next to `target`, then rename it into place; return the report."""
-    import datasets
-
     records_of = [r for split in source.split_names() for r in source.splits[split]]
     with_soft = any(r.soft_label is not None for r in records_of)
     with_affect = any(r.valence is not None or r.arousal is not None for r in records_of)
@@ -393,8 +390,6 @@ def summary_line(report: dict[str, Any], path: Path) -> str:
 
 def prepared_splits(config, read: Callable[[Any], Source], log: Callable[[str], None] = print):
     """The prepared cache for `config`'s source: reused when its key matches, built (in parallel) otherwise."""
-    import datasets
-
     source = read(config)
     keep_classes(source, config.classes)
     target = cache_root(config.cache_dir) / f"{source.dataset}-{cache_key(source, config.image_size, config.classes)}"

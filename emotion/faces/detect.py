@@ -10,12 +10,15 @@ import csv
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Protocol
 
 import cv2
 import numpy as np
+from PIL import Image
 
+from emotion.config import TrainConfig
 from emotion.errors import EmotionError
 
 Box = tuple[int, int, int, int]  # x, y, width, height in frame pixels
@@ -83,8 +86,6 @@ class BackgroundDetector:
     """
 
     def __init__(self, detector: FaceDetector) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.detector = detector
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detector")
         self.pending = None
@@ -175,8 +176,6 @@ class NoCrop(ValueError):
 
 def face_margin(config: Mapping) -> float:
     """The margin a model's crops were made with (its config.json); training's default for models saved before it was kept."""
-    from emotion.config import TrainConfig
-
     margin = config.get("face_margin")
     return float(TrainConfig.face_margin if margin is None else margin)
 
@@ -213,8 +212,6 @@ def crop_region(width: int, height: int, box: tuple[float, float, float, float] 
 def crop_face(image: np.ndarray, region: Region, size: int) -> np.ndarray:
     """The pixels of `region` resized to size x size, as the prepared training cache holds them (PIL bicubic);
     any channel order, since each channel is resized alone."""
-    from PIL import Image
-
     x0, y0, x1, y1 = region
     pixels = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
     return np.asarray(pixels.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))

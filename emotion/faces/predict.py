@@ -12,17 +12,19 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnxruntime as ort
+import torch
 
-from emotion.card import read_json
 from emotion.errors import EmotionError
-from emotion.explain import (EXPLAIN_BY, MIN_CONFIDENCE, Explanation, baseline_weights, explain, occluded_copies,
-                             occlusion_weights)
+from emotion.explain import (EXPLAIN_BY, MIN_CONFIDENCE, Explanation, agreement_by_class, baseline_weights, explain,
+                             occluded_copies, occlusion_weights, prototype_regions, top_region)
+from emotion.io import read_json
 from emotion.labels import CLASS_NAMES
 from emotion.faces.detect import (Box, FaceDetector, NoCrop, build_detector, crop_face, crop_region, face_margin,
                                   face_shift)
@@ -38,21 +40,18 @@ class TorchRunner:
     """PyTorch forward pass: preprocessed batch in, (probabilities, attention) out, both numpy."""
 
     def __init__(self, model) -> None:
-        import torch
-
-        self.torch = torch
         self.model = model.eval()
         self.config = dict(model.config)
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike) -> "TorchRunner":
-        from emotion.model import load_model
+        from emotion.model import load_model  # timm, 1.5 s of import: the ONNX runner and the app's start go without it
 
         return cls(load_model(model_dir))
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self.torch.inference_mode():
-            logits, attention = self.model(self.torch.from_numpy(np.ascontiguousarray(batch)), return_attention=True)
+        with torch.inference_mode():
+            logits, attention = self.model(torch.from_numpy(np.ascontiguousarray(batch)), return_attention=True)
             return logits.float().softmax(dim=1).numpy(), attention.float().numpy()
 
 
@@ -61,9 +60,6 @@ class OnnxRunner:
     (probabilities (N, C), attention (N, H, W)) out; `config` is the config.json beside it."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-        import torch
-
         path = Path(path)
         config_path = path.parent / "config.json"
         if not path.is_file() or not config_path.is_file():
@@ -105,7 +101,7 @@ class Preprocessor:
         self.colour = config.get("input_colour") or "rgb"  # models saved before the rule was kept were shown colour
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        from emotion.data.transforms import eval_preprocess
+        from emotion.data.transforms import eval_preprocess  # emotion.data: datasets (0.4 s), and it imports emotion.faces
 
         return eval_preprocess(crops, self.image_size, self.mean, self.std, bgr=True, colour=self.colour)
 
@@ -191,7 +187,7 @@ class Predictor:
 
     def as_shown(self, image: np.ndarray) -> np.ndarray:
         """A BGR image as the model is shown it: grey for a grey-rule model (the same grey its crops get), else a copy."""
-        from emotion.data.augment import grey_uint8
+        from emotion.data.augment import grey_uint8  # emotion.data: datasets (0.4 s), and it imports emotion.faces
 
         return grey_uint8(image[:, :, ::-1]) if self.preprocess.colour == "grey" else image.copy()
 
@@ -246,8 +242,7 @@ class Predictor:
 
 def synthetic_agreement(predictor: Predictor, per_class: int = 25, seed: int = 0) -> dict[str, dict[str, float] | None]:
     """Per class, how well the explanations point at the regions the synthetic generator changed (explain.agreement_by_class)."""
-    from emotion.explain import agreement_by_class
-    from emotion.synthetic import render_face
+    from emotion.synthetic import render_face  # its data set half loads datasets (0.4 s): only this check draws faces
 
     size = int(predictor.runner.config["image_size"])
     weights, labels, truth = [], [], []
@@ -265,10 +260,6 @@ def prototype_agreement(predictor: Predictor, crops: Sequence[np.ndarray], label
     """Real faces: per true class, how often the explanation's top region is one where the class's prototype actions
     show (explain.prototype_regions), over the faces the model gets right (a wrong label explains another class);
     and per class, how many of those faces each region tops. `crops`: BGR face crops in the canonical layout."""
-    from collections import Counter
-
-    from emotion.explain import agreement_by_class, prototype_regions, top_region
-
     weights, kept, tops = [], [], {}
     for start in range(0, len(crops), batch_size):
         results = predictor.classify_crops(list(crops[start:start + batch_size]))
