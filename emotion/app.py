@@ -26,7 +26,7 @@ from emotion.labels import FACE_REGIONS
 NO_MODEL = ("no model given: make one with `make quickstart` (writes results/quickstart/best_model), "
             "then run `emotion-app --model results/quickstart/best_model`")
 NO_FACE = "No face found in this photo: try a frontal, well-lit face that fills more of the picture."
-NO_IMAGE = "Upload or paste a photo."
+NO_IMAGE = "Upload a photo."
 TABLE_HEADERS = ["file", "face", "label", "confidence", "explanation", *FACE_REGIONS]
 WEBCAM_DETECT_EVERY = 3  # as the demo: detect every few frames, track in between
 WEBCAM_INTERVAL_S = 0.25

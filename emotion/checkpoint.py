@@ -297,9 +297,10 @@ def accept_run(output_dir: Path, config) -> None:
     paths = complete_checkpoints(output_dir) if config.resume == "latest" else [Path(config.resume)]
     for path in paths:
         check_same_run(path, config)
-    problems = {path: damage(path) for path in checkpoint_folders(output_dir)} if config.resume == "latest" else {}
-    if problems and all(problems.values()):  # refused before any data is prepared or model built
-        raise refuse_unusable(output_dir, [f"{path.name}: {problem}" for path, problem in problems.items()])
+    folders = checkpoint_folders(output_dir) if config.resume == "latest" else []
+    # Refused before any data is prepared or model built; hashing stops at the newest checkpoint that verifies.
+    if folders and all(damage(path) for path in reversed(paths)):
+        raise refuse_unusable(output_dir, [f"{path.name}: {damage(path)}" for path in folders])
 
 
 def clear_run(output_dir: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"  # moments as tensors; param groups and scalars in its JSON metadata
@@ -76,8 +76,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise StateUnreadable(f"{path.name} is missing")
     with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return load_file(str(path)), metadata
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
 
 
 def _read_json(path: Path) -> Any:

@@ -105,7 +105,7 @@ def resume_command(config: TrainConfig) -> str:
 
 @dataclass
 class TrainerState:
-    """Everything the loop needs beyond Accelerate's own state; saved as trainer_state.json in each checkpoint."""
+    """Everything the loop needs beyond the model, optimizer, scheduler and RNG state; saved as trainer_state.json."""
 
     epoch: int = 0
     step_in_epoch: int = 0  # optimizer steps of `epoch` done

@@ -18,7 +18,7 @@ import numpy as np
 
 from emotion.data.prepare import Issues, Record, Source, csv_rows, inside_check, whole_number
 from emotion.errors import EmotionError
-from emotion.faces.detect import MAX_BOX_COORDINATE
+from emotion.faces.detect import coordinates_in_range
 from emotion.labels import NUM_CLASSES
 
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
@@ -73,8 +73,8 @@ def keep_label(label: int, example: str, skipped: Issues, excluded: Issues) -> b
 
 
 def usable_box(box: tuple[float, float, float, float]) -> bool:
-    """Finite coordinates within MAX_BOX_COORDINATE and a positive width and height."""
-    return all(abs(v) <= MAX_BOX_COORDINATE for v in box) and box[2] > 0 and box[3] > 0  # abs(nan) <= x is False
+    """Finite coordinates within range and a positive width and height."""
+    return coordinates_in_range(box) and box[2] > 0 and box[3] > 0
 
 
 def _box_and_label(row: list[str], where: dict[str, int]) -> tuple[tuple[float, float, float, float], int] | None:

@@ -116,6 +116,11 @@ class BackgroundDetector:
 MAX_BOX_COORDINATE = 1e6
 
 
+def coordinates_in_range(values) -> bool:
+    """Every box coordinate finite and within MAX_BOX_COORDINATE (abs(nan) <= x is False)."""
+    return all(abs(v) <= MAX_BOX_COORDINATE for v in values)
+
+
 class ListedBoxes:
     """Face boxes from another detector, read from a CSV with a `file` or `frame` column and `x, y, w, h`.
 
@@ -151,7 +156,7 @@ class ListedBoxes:
         for line, row in enumerate(rows, start=2):
             try:
                 values = [float(row[c]) for c in ("x", "y", "w", "h")]
-                if not all(abs(v) <= MAX_BOX_COORDINATE for v in values):  # also refuses inf and nan
+                if not coordinates_in_range(values):
                     raise ValueError
                 box = tuple(int(round(v)) for v in values)
                 name = str(int(row[key])) if key == "frame" else Path(row[key].strip()).name

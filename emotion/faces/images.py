@@ -48,8 +48,8 @@ def header_size(source: str | os.PathLike | object) -> tuple[int, int] | None:
         return None
 
 
-def check_pixels(name: str, size: tuple[int, int] | None, limit: int | None = None) -> None:
-    limit = max_pixels() if limit is None else limit
+def check_pixels(name: str, size: tuple[int, int] | None) -> None:
+    limit = max_pixels()
     if size is not None and size[0] * size[1] > limit:
         raise ImageRefused(f"{name} is {size[0]} x {size[1]} px, {LIMIT_ADVICE.format(limit=limit / 1e6)}", "too_large")
 
