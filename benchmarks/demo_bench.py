@@ -70,7 +70,8 @@ def fps(args) -> dict:
 
 
 def agreement(args) -> dict:
-    from emotion.faces import Predictor, synthetic_agreement
+    from emotion.agreement import synthetic_agreement
+    from emotion.faces import Predictor
 
     predictor = Predictor.from_model_dir(args.model, explain_by=args.explain_by)
     if not args.neutral_prior:
@@ -93,7 +94,8 @@ def regions(args) -> dict:
     class's FACS prototype actions show (chance: that share of the six regions), and which regions top them."""
     from emotion.data import load_splits
     from emotion.evaluation import run_config_for, split_of
-    from emotion.faces import Predictor, prototype_agreement
+    from emotion.agreement import prototype_agreement
+    from emotion.faces import Predictor
 
     predictor = Predictor.from_model_dir(args.model, explain_by=args.explain_by)
     config = run_config_for(Path(args.model))

@@ -139,7 +139,7 @@ def training_step(model: torch.nn.Module, optimizer, config: TrainConfig, precis
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         with autocast(device, precision):
             if ours:
-                logits, heads = model(images, return_aux=True)
+                logits, heads = model(images, training_heads=True)
                 loss = criterion(logits.float(), labels) + sum(
                     weight * criterion(head.float(), labels)
                     for weight, head in zip((config.aux_loss_weight, config.attention_loss_weight), heads) if head is not None)
@@ -174,7 +174,7 @@ def train_speed(model: torch.nn.Module, config: TrainConfig, settings: BenchSett
                 step(images, labels)
     else:
         colour, _ = choose_input_colour(config.input_colour, decoded_pixels(split))
-        augment = build_transform((0.5,) * 3, (0.5,) * 3, True, recipe_for(config.augment, config.grey_prob), colour, channels_last)
+        augment = build_transform((0.5,) * 3, (0.5,) * 3, True, recipe_for(config.augment), colour, channels_last)
         loader = build_dataloader(split, augment, config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
         batches = endless(loader)
 
@@ -259,7 +259,7 @@ def loader_speed(loader: DataLoader, repeats: int) -> float:
 def data_speed(split: datasets.Dataset, config: TrainConfig, settings: BenchSettings, mean, std) -> dict[str, float]:
     """Images/s of the training loader alone (uint8 pixels and augmentation parameters, before the batched augmentation)
     and of torchvision's ImageFolder decoding and augmenting JPEGs one by one, the layout a raw set arrives in."""
-    arrow = build_dataloader(split, build_transform(mean, std, True, recipe_for(config.augment, config.grey_prob)), config.batch_size, train=True,
+    arrow = build_dataloader(split, build_transform(mean, std, True, recipe_for(config.augment)), config.batch_size, train=True,
                              num_workers=config.num_workers, seed=config.seed)
     result = {"samples": len(split), "num_workers": config.num_workers, "arrow_images_per_second": loader_speed(arrow, settings.repeats)}
     folder = Path(tempfile.mkdtemp(prefix="emotion-bench-"))

@@ -76,7 +76,7 @@ def presets_help(only: tuple[str, ...] | None = None) -> str:
             if any(f.name in values for values in columns.values()) and (only is None or f.name in only)]
     def preset_value(values: dict, key: str) -> str:
         schedule = values.get("lr_schedule", TrainConfig.lr_schedule)
-        unused = (key in ("lr_patience", "lr_factor") and schedule != "plateau") or (key == "decay_fraction" and schedule != "wsd")
+        unused = key in ("lr_patience", "lr_factor") and schedule != "plateau"
         return "unused" if unused else show_value(values.get(key, getattr(TrainConfig, key)))
 
     rows = [["flag", *columns]] + [[f"--{k.replace('_', '-')}", *(preset_value(v, k) for v in columns.values())] for k in keys]

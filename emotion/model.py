@@ -6,7 +6,7 @@ through huggingface_hub's PyTorchModelHubMixin, so a saved model is rebuilt by n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import timm
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 from emotion.checkpoint import find_saved_model
 from emotion.errors import EmotionError
 from emotion.io import check_weights_file, read_json
-from emotion.labels import CLASS_LISTS, CLASS_NAMES, CLASS_TO_ID
+from emotion.labels import CLASS_LISTS, CLASS_NAMES
 
 
 class ChannelAttention(nn.Module):
@@ -56,6 +56,13 @@ def backbone_options(output_stride: int, width: float) -> dict:
     return options
 
 
+class TrainingHeads(NamedTuple):
+    """Logits of the training-only classifiers (None where the model has none): the loss reads them, no prediction does."""
+
+    pooled: torch.Tensor | None  # on the pooled backbone features: a direct gradient for the backbone from the start
+    attention_map: torch.Tensor | None  # on the log spatial map: the map must tell expressions apart
+
+
 class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=["facial-expression-recognition", "affectnet"]):
     """Facial-expression classifier over the 8 AffectNet classes.
 
@@ -73,7 +80,6 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         output_stride: int = 32,
         proj_dim: int = 0,
         lstm_hidden: int = 512,
-        lstm_layers: int = 1,
         dropout: float = 0.3,
         attention: bool = True,
         mean: Sequence[float] | None = None,
@@ -81,7 +87,6 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         attention_prior: Sequence[Sequence[float]] | None = None,
         aux_head: bool = False,
         attention_head: bool = False,
-        attention_head_input: str = "log-map",
         backbone_width: float = 1.0,
         face_margin: float | None = None,
         input_colour: str = "rgb",
@@ -99,12 +104,12 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         # Preprocessing travels in config.json so the demo normalises exactly as training did.
         self.config = dict(
             backbone=backbone, num_classes=num_classes, class_names=list(class_names), image_size=image_size,
-            output_stride=output_stride, proj_dim=proj_dim, lstm_hidden=lstm_hidden, lstm_layers=lstm_layers,
+            output_stride=output_stride, proj_dim=proj_dim, lstm_hidden=lstm_hidden,
             dropout=dropout, attention=attention,
             mean=list(mean or data_config.get("mean", (0.485, 0.456, 0.406))),
             std=list(std or data_config.get("std", (0.229, 0.224, 0.225))),
             attention_prior=attention_prior, aux_head=aux_head, attention_head=attention_head,
-            attention_head_input=attention_head_input, backbone_width=backbone_width,
+            backbone_width=backbone_width,
             face_margin=face_margin,  # the crop rule's margin of the training faces, which the face pipeline applies too
             input_colour=input_colour,  # grey | rgb: how every inference path must show a face to the model
             face_shift=list(face_shift) if face_shift is not None else None,  # crop centre from the box's, in box sides
@@ -115,7 +120,7 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         self.channel_attention = ChannelAttention(channels) if attention else nn.Identity()
         self.spatial_attention = SpatialAttention() if attention else None
         self.proj = nn.Linear(channels, proj_dim) if proj_dim else nn.Identity()
-        self.lstm = nn.LSTM(proj_dim or channels, lstm_hidden, num_layers=lstm_layers, batch_first=True, bidirectional=True)
+        self.lstm = nn.LSTM(proj_dim or channels, lstm_hidden, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * lstm_hidden, num_classes)
         # Training-only classifier on the pooled backbone features (deep supervision): it gives the backbone a direct
@@ -168,14 +173,13 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
             ) from None
         self.backbone.load_state_dict(source.state_dict())
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, return_aux: bool = False,
-                labels: torch.Tensor | None = None):
-        """Logits; with `return_attention` also the (B, H, W) spatial map; with `return_aux` also the training-only
-        logits (pooled-feature head, attention-map head), each None when the model has no such head. `labels`: the
-        batch's class indices, which tell the neutral-rise attention head which faces are neutral."""
-        features = self.backbone.forward_features(x)  # (B, C, H, W)
-        pooled_logits = self.aux_head(features.mean(dim=(2, 3))) if return_aux and self.aux_head is not None else None
-        features = self.channel_attention(features)
+    def forward(self, x: torch.Tensor, return_attention: bool = False, training_heads: bool = False):
+        """Logits; with `return_attention` also the (B, H, W) spatial map; with `training_heads` also the
+        `TrainingHeads` the training loss reads (last)."""
+        backbone_features = self.backbone.forward_features(x)  # (B, C, H, W)
+        # The pooled head before the main path: graph order sets the order gradients are summed in, so every weight.
+        pooled_logits = self.pooled_head_logits(backbone_features) if training_heads else None
+        features = self.channel_attention(backbone_features)
         b, _, h, w = features.shape
         if self.spatial_attention is not None:
             features, attention = self.spatial_attention(features)
@@ -185,30 +189,22 @@ class EmotionNet(nn.Module, PyTorchModelHubMixin, library_name="emotion", tags=[
         self.lstm.flatten_parameters()  # one contiguous weight chunk (DDP / cuDNN)
         sequence, _ = self.lstm(tokens)
         logits = self.head(self.dropout(sequence.mean(dim=1)))
-        attention_logits = None
-        if return_aux and self.attention_head is not None:
-            if self.config["attention_head_input"] == "neutral-rise":
-                neutral = None if labels is None else labels == CLASS_TO_ID["neutral"]  # the class the neutral prior averages
-                head_input = rise_over_neutral(attention.float(), neutral)
-            else:
-                head_input = attention.float().clamp_min(1e-12).log()  # float: a half-precision 1e-12 is 0
-            attention_logits = self.attention_head(
-                nn.functional.adaptive_avg_pool2d(head_input.unsqueeze(1), self.attention_grid).flatten(1))
-        aux = (pooled_logits, attention_logits)
-        outputs = (logits,) + ((attention,) if return_attention else ()) + ((aux,) if return_aux else ())
+        outputs = (logits,) + ((attention,) if return_attention else ())
+        if training_heads:
+            outputs += (TrainingHeads(pooled_logits, self.attention_head_logits(attention)),)
         return outputs if len(outputs) > 1 else logits
 
+    # The training-only heads (TrainingHeads): the loss reads them, no prediction does.
+    def pooled_head_logits(self, backbone_features: torch.Tensor) -> torch.Tensor | None:
+        """The classifier on the pooled (B, C, H, W) backbone features; None when the model has none."""
+        return self.aux_head(backbone_features.mean(dim=(2, 3))) if self.aux_head is not None else None
 
-def rise_over_neutral(attention: torch.Tensor, neutral: torch.Tensor | None) -> torch.Tensor:
-    """How far each (B, H, W) attention map rises over the batch's mean neutral-face map (log ratio), 0 where it does not.
-
-    The explanations name the regions whose attention rises over the neutral face; a classifier on this input can
-    tell expressions apart only by such rises, not by dips. `neutral`: (B,) mask of the neutral faces; without any,
-    the batch's mean map is the reference. The reference carries no gradient: it is the bar, not a target.
-    """
-    maps = attention.detach()
-    reference = maps[neutral] if neutral is not None and bool(neutral.any()) else maps
-    return (attention.clamp_min(1e-12).log() - reference.mean(dim=0, keepdim=True).clamp_min(1e-12).log()).relu()
+    def attention_head_logits(self, attention: torch.Tensor) -> torch.Tensor | None:
+        """The classifier on the log of the (B, H, W) spatial map; None when the model has none."""
+        if self.attention_head is None:
+            return None
+        log_map = attention.float().clamp_min(1e-12).log()  # float: a half-precision 1e-12 is 0
+        return self.attention_head(nn.functional.adaptive_avg_pool2d(log_map.unsqueeze(1), self.attention_grid).flatten(1))
 
 
 def build_model(config, input_colour: str = "rgb", crop: dict | None = None) -> EmotionNet:
@@ -217,9 +213,9 @@ def build_model(config, input_colour: str = "rgb", crop: dict | None = None) -> 
     class_names = CLASS_LISTS[config.classes]
     model = EmotionNet(
         backbone=config.backbone, num_classes=len(class_names), class_names=class_names, image_size=config.image_size, output_stride=config.output_stride,
-        proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden, lstm_layers=config.lstm_layers,
+        proj_dim=config.proj_dim, lstm_hidden=config.lstm_hidden,
         dropout=config.dropout, attention=config.attention, aux_head=config.aux_loss_weight > 0, attention_head=config.attention_loss_weight > 0,
-        attention_head_input=config.attention_head_input, backbone_width=config.backbone_width, input_colour=input_colour,
+        backbone_width=config.backbone_width, input_colour=input_colour,
         **(crop or {"face_margin": config.face_margin}),
     )
     if config.use_pretrained() or config.pretrained_path:
@@ -243,7 +239,10 @@ def load_model(path) -> EmotionNet:
     if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
         raise EmotionError(f"{directory} is not a saved model (needs config.json and model.safetensors): "
                            "train one with `python train_accelerate.py` and pass its best_model/ directory")
-    read_json(directory / "config.json")  # a damaged one is named before the hub mixin's own error
+    saved = read_json(directory / "config.json")  # a damaged one is named before the hub mixin's own error
+    if isinstance(saved, dict) and saved.get("lstm_layers", 1) != 1:
+        raise EmotionError(f"{directory} has {saved['lstm_layers']} Bi-LSTM layers; this version builds one: "
+                           "retrain it, or load it with the version that saved it")
     check_weights_file(directory / "model.safetensors", "the saved model")
     try:
         return EmotionNet.from_pretrained(str(directory))

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from emotion import card, checkpoint, tracking
-from emotion.config import TrainConfig
+from emotion.config import WSD_DECAY_FRACTION, TrainConfig
 from emotion.data import (build_dataloader, build_transform, choose_input_colour, class_counts, class_weights,
                           decoded_pixels, load_splits, recipe_for)
 from emotion.errors import EmotionError
@@ -257,7 +257,7 @@ def build_run(accelerator: Accelerator, config: TrainConfig, output_dir: Path, c
     the model-selection rule printed."""
     splits, colour, crop = load_data(accelerator, config)
     model = speed_up(sync_batchnorm(build_model(config, colour, crop), config, accelerator), channels_last, config.compile)
-    recipe = recipe_for(config.augment, config.grey_prob)
+    recipe = recipe_for(config.augment)
     train_loader = build_dataloader(splits["train"], build_transform(model.mean, model.std, True, recipe, colour, channels_last),
                                     config.batch_size, train=True, num_workers=config.num_workers, seed=config.seed)
     val_loader = build_dataloader(splits["validation"], build_transform(model.mean, model.std, False, None, colour, channels_last),
@@ -393,7 +393,7 @@ def train_one_epoch(run: TrainingRun, state: TrainerState, skip_steps: int) -> t
             with accelerator.accumulate(model):
                 if config.nan_policy == "skip" and window.batches == 0:  # what a skipped step restores
                     window.good_stats = [buffer.detach().clone() for buffer in running_stats]
-                logits, aux_logits = model(augment(batch), return_aux=True, labels=batch["labels"])
+                logits, aux_logits = model(augment(batch), training_heads=True)
                 loss = total_loss(run, logits, aux_logits, batch)
                 window.add(loss, logits, batch)
                 accelerator.backward(loss)
@@ -456,15 +456,11 @@ def optimizer_step(run: TrainingRun, state: TrainerState, window: StepWindow,
 
 
 def scheduled_lr(config: TrainConfig, global_step: int, total_steps: int) -> float | None:
-    """The lr of this optimizer step where a rule sets it (warm-up, cosine, wsd); None leaves it to the plateau scheduler."""
-    if global_step < config.warmup_steps:
-        return config.lr * (0.1 + 0.9 * (global_step + 1) / config.warmup_steps)
+    """The lr of this optimizer step where a rule sets it (cosine, wsd); None leaves it to the plateau scheduler."""
     if config.lr_schedule == "plateau":
         return None
-    # cosine falls over every step after the warm-up; wsd holds --lr, then falls over the last --decay-fraction of steps
-    decay_steps = total_steps - config.warmup_steps
-    if config.lr_schedule == "wsd":
-        decay_steps = round(config.decay_fraction * decay_steps)
+    # cosine falls over every step; wsd holds --lr, then falls over the last WSD_DECAY_FRACTION of the steps
+    decay_steps = round(WSD_DECAY_FRACTION * total_steps) if config.lr_schedule == "wsd" else total_steps
     progress = min(1.0, max(0.0, (global_step - (total_steps - decay_steps)) / max(1, decay_steps)))
     return config.lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -531,7 +527,7 @@ def warn_if_at_chance(accelerator, metrics: dict, config: TrainConfig) -> None:
         accelerator.print(
             f"warning: after epoch {STALL_CHECK_EPOCH} validation balanced accuracy is {100 * metrics['balanced_accuracy']:.1f}%, "
             f"chance level ({100 * chance:.1f}%): the model still predicts about one class; training goes on, but try "
-            f"--warmup-steps 200, a lower --lr (now {config.lr:g}), --aux-loss-weight (now {config.aux_loss_weight:g}) "
+            f"a lower --lr (now {config.lr:g}), --aux-loss-weight (now {config.aux_loss_weight:g}) "
             f"and check the labels")
 
 

@@ -19,8 +19,7 @@ from emotion.model import EmotionNet, load_model
 from emotion import runtime
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-EVERYTHING = AugmentRecipe(**{**AUGMENT_RECIPES["domain"], "blur_prob": 1.0, "noise_prob": 1.0, "erase_prob": 1.0,
-                              "grey_prob": 0.5})
+EVERYTHING = AugmentRecipe(**{**AUGMENT_RECIPES["domain"], "blur_prob": 1.0, "noise_prob": 1.0, "erase_prob": 1.0})
 
 
 def faces(count: int = 12, side: int = 32, seed: int = 0) -> datasets.Dataset:
@@ -51,7 +50,7 @@ def test_each_sample_is_augmented_by_its_seed_epoch_and_index_alone():
     assert not torch.equal(augment(batch_of(other_seed, [5])), whole[5:6])
 
 
-@pytest.mark.parametrize("step", ["geometry", "photometric", "blur", "noise", "erase", "grey"])
+@pytest.mark.parametrize("step", ["geometry", "photometric", "blur", "noise", "erase"])
 def test_every_step_changes_the_face_and_only_where_it_should(step):
     recipe = AugmentRecipe(**AUGMENT_RECIPES["domain"])
     augment = Augment(recipe, MEAN, STD)
@@ -65,8 +64,8 @@ def test_every_step_changes_the_face_and_only_where_it_should(step):
     torch.testing.assert_close(plain, eval_pixels, atol=2e-5, rtol=0)  # no step drawn: the eval transform
     changed = identity.copy()
     changed[1:, COLUMN[{"geometry": "angle", "photometric": "contrast", "blur": "blur_sigma", "noise": "noise_std",
-                        "erase": "erase", "grey": "grey"}[step]]] = {"geometry": 0.2, "photometric": 1.4, "blur": 1.0,
-                                                                      "noise": 0.05, "erase": 1.0, "grey": 1.0}[step]
+                        "erase": "erase"}[step]]] = {"geometry": 0.2, "photometric": 1.4, "blur": 1.0, "noise": 0.05,
+                                                     "erase": 1.0}[step]
     if step == "erase":
         changed[1:, COLUMN["erase_x0"]: COLUMN["erase_y1"] + 1] = (0.25, 0.25, 0.5, 0.5)
     out = augment({"pixels": pixels, "augment": torch.from_numpy(changed)})
@@ -75,8 +74,6 @@ def test_every_step_changes_the_face_and_only_where_it_should(step):
     if step == "erase":
         assert (out[1, :, 8:16, 8:16] == 0).all()
         torch.testing.assert_close(out[1, :, :8], eval_pixels[1, :, :8], atol=2e-5, rtol=0)
-    if step == "grey":
-        assert torch.equal(out[1, 0], out[1, 1]) and torch.equal(out[1, 1], out[1, 2])
 
 
 def test_the_colour_rule_is_chosen_from_the_data_and_travels_to_every_inference_path(tmp_path):

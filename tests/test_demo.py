@@ -7,9 +7,10 @@ import pytest
 import skimage.data
 
 from conftest import run_script
+from emotion.agreement import prototype_agreement, synthetic_agreement
 from emotion.cli import demo_main
 from emotion.demo import DemoOptions, run
-from emotion.faces import DnnDetector, FaceResult, FaceTracker, Predictor, TorchRunner, prototype_agreement, synthetic_agreement
+from emotion.faces import DnnDetector, FaceResult, FaceTracker, Predictor, TorchRunner
 from emotion.errors import EmotionError
 from emotion.explain import explain, prototype_regions
 from emotion.labels import CLASS_NAMES, FACE_REGIONS, NUM_CLASSES

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, run_script
-from emotion.config import PRESETS, REAL_DATA_OVERRIDES, TrainConfig, config_from_args
+from emotion.checkpoint import RunMismatch, accept_run
+from emotion.config import PRESETS, REAL_DATA_OVERRIDES, REMOVED_SETTINGS, TrainConfig, config_from_args
 from emotion.data import load_splits
 from emotion.cli import train_main, train_parser
 from emotion.training import scheduled_lr
@@ -60,26 +61,24 @@ def test_metrics_hold_train_accuracy_attention_diagnostics_and_the_epoch_lr(tiny
     assert history[0]["lr"] == pytest.approx(config.lr)  # the lr epoch 1 trained with, not the next epoch's
 
 
-def test_cosine_schedule_warms_up_then_falls_to_a_hundredth_of_the_lr():
-    config = TrainConfig(lr=1e-3, lr_schedule="cosine", warmup_steps=10)
-    lrs = [scheduled_lr(config, step, total_steps=110) for step in range(110)]
-    assert lrs[0] == pytest.approx(1e-4 + 9e-5) and lrs[9] == pytest.approx(1e-3)  # linear warm-up from lr/10
-    assert lrs[10] == pytest.approx(1e-3) and lrs[60] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
-    assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))
+def test_cosine_schedule_falls_step_by_step_to_a_hundredth_of_the_lr():
+    config = TrainConfig(lr=1e-3, lr_schedule="cosine")
+    lrs = [scheduled_lr(config, step, total_steps=100) for step in range(100)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[50] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
     assert 1e-5 < lrs[-1] < 1.1e-5
-    assert scheduled_lr(TrainConfig(lr=1e-3), 50, total_steps=110) is None  # after warm-up the plateau scheduler owns it
+    assert scheduled_lr(TrainConfig(lr=1e-3), 50, total_steps=100) is None  # the plateau scheduler owns it
 
 
 def test_wsd_schedule_holds_the_lr_then_falls_to_a_hundredth_over_the_last_fifth():
-    config = TrainConfig(lr=3e-3, lr_schedule="wsd", decay_fraction=0.2, warmup_steps=10)
-    lrs = [scheduled_lr(config, step, total_steps=110) for step in range(110)]
-    assert lrs[0] == pytest.approx(3e-4 + 2.7e-4) and lrs[9] == pytest.approx(3e-3)  # the same warm-up as the cosine
-    assert lrs[10:91] == [pytest.approx(3e-3)] * 81  # held until the last 20 of the 100 steps after warm-up
-    assert lrs[100] == pytest.approx(3e-3 * (0.01 + 0.99 * 0.5))  # half-way down the decay
-    assert all(a > b for a, b in zip(lrs[90:], lrs[91:]))
+    config = TrainConfig(lr=3e-3, lr_schedule="wsd")
+    lrs = [scheduled_lr(config, step, total_steps=100) for step in range(100)]
+    assert lrs[:81] == [pytest.approx(3e-3)] * 81  # held until the last 20 of the 100 steps
+    assert lrs[90] == pytest.approx(3e-3 * (0.01 + 0.99 * 0.5))  # half-way down the decay
+    assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))
     assert 3e-5 < lrs[-1] < 6e-5  # the last step is one twentieth of the decay above lr/100
-    assert [scheduled_lr(TrainConfig(lr=1e-3, lr_schedule="wsd", decay_fraction=1.0), s, 100) for s in range(100)] == \
-        [scheduled_lr(TrainConfig(lr=1e-3, lr_schedule="cosine"), s, 100) for s in range(100)]  # fraction 1 is the cosine
+    cosine = [scheduled_lr(TrainConfig(lr=3e-3, lr_schedule="cosine"), s, 20) for s in range(20)]
+    assert lrs[80:] == [pytest.approx(lr) for lr in cosine]  # the decay is the cosine over its own steps
 
 
 def test_unknown_lr_schedule_is_refused_in_one_line(tmp_path, capsys):
@@ -89,12 +88,21 @@ def test_unknown_lr_schedule_is_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_attention_head_input_is_refused_in_one_line(tmp_path, capsys):
-    code = train_main(["--preset", "tiny", "--attention-head-input", "max", "--output-dir", str(tmp_path / "run")])
+@pytest.mark.parametrize("flag", ["--attention-head-input", "--warmup-steps", "--decay-fraction", "--grey-prob", "--lstm-layers"])
+def test_removed_settings_are_unknown_flags(tmp_path, capsys, flag):
+    code = train_main(["--preset", "tiny", flag, "1", "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1
-    assert "unknown --attention-head-input 'max': choose log-map or neutral-rise" in err
+    assert code == 2 and err.count("\n") == 1 and f"unrecognized arguments: {flag} 1" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key,old", [("warmup_steps", 250), ("attention_head_input", "neutral-rise"), ("grey_prob", 0.5)])
+def test_a_run_saved_with_a_removed_setting_at_another_value_is_not_resumed(tmp_path, key, old):
+    (tmp_path / "config.json").write_text(json.dumps({**TrainConfig().to_dict(), key: old}))
+    with pytest.raises(RunMismatch, match=f"{key}: {old!r} -> .* \\(no longer a setting\\)"):
+        accept_run(tmp_path, TrainConfig(resume="latest"))
+    (tmp_path / "config.json").write_text(json.dumps({**TrainConfig().to_dict(), key: REMOVED_SETTINGS[key]}))
+    accept_run(tmp_path, TrainConfig(resume="latest"))  # the value this version always uses: the same run
 
 
 def test_a_cosine_run_lowers_the_lr_every_epoch_and_ignores_the_plateau(tmp_path):

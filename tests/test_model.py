@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from emotion.config import PRESETS, TrainConfig
 from emotion.errors import EmotionError
-from emotion.model import EmotionNet, build_model, load_model, rise_over_neutral
+from emotion.model import EmotionNet, TrainingHeads, build_model, load_model
 
 
 def tiny(**overrides) -> EmotionNet:
@@ -42,9 +42,9 @@ def test_without_attention_the_map_is_uniform():
     assert torch.allclose(attention, torch.full_like(attention, 0.25))
 
 
-def test_lstm_layers_and_projection_are_configurable():
-    model = tiny(lstm_layers=2, proj_dim=24, lstm_hidden=20)
-    assert model.lstm.num_layers == 2 and model.lstm.bidirectional and model.lstm.input_size == 24
+def test_the_projection_and_lstm_width_are_configurable():
+    model = tiny(proj_dim=24, lstm_hidden=20)
+    assert model.lstm.num_layers == 1 and model.lstm.bidirectional and model.lstm.input_size == 24
     assert model.head.in_features == 40
 
 
@@ -82,7 +82,7 @@ def test_unreachable_hub_is_one_clear_line():
 
 def test_aux_heads_are_training_only_and_saved(tmp_path):
     model = tiny(aux_head=True, attention_head=True, output_stride=16, image_size=64)
-    logits, attention, (pooled, on_attention) = model(torch.randn(3, 3, 64, 64), return_attention=True, return_aux=True)
+    logits, attention, (pooled, on_attention) = model(torch.randn(3, 3, 64, 64), return_attention=True, training_heads=True)
     assert logits.shape == pooled.shape == on_attention.shape == (3, 8) and attention.shape == (3, 4, 4)
     assert not torch.allclose(logits, pooled) and not torch.allclose(logits, on_attention)
     plain = model(torch.randn(3, 3, 64, 64))
@@ -92,14 +92,15 @@ def test_aux_heads_are_training_only_and_saved(tmp_path):
     assert again.aux_head is not None and again.config["aux_head"] is True and again.config["attention_head"] is True
     assert torch.equal(again.aux_head.weight, model.aux_head.weight)
     assert torch.equal(again.attention_head.weight, model.attention_head.weight)
-    assert tiny(output_stride=16)(torch.randn(1, 3, 64, 64), return_aux=True)[1] == (None, None)
+    assert tiny(output_stride=16)(torch.randn(1, 3, 64, 64), training_heads=True)[1] == TrainingHeads(None, None)
 
 
 def test_the_attention_head_reads_only_the_map_and_trains_the_attention():
     """Its loss reaches the spatial attention's convolution, and its logits are a function of the (log) map alone."""
     torch.manual_seed(0)
     model = tiny(attention_head=True, output_stride=16, image_size=64)
-    _, attention, (_, on_attention) = model(torch.randn(4, 3, 64, 64), return_attention=True, return_aux=True)
+    _, attention, heads = model(torch.randn(4, 3, 64, 64), return_attention=True, training_heads=True)
+    on_attention = heads.attention_map
     expected = model.attention_head(attention.clamp_min(1e-12).log().flatten(1))
     assert torch.allclose(on_attention, expected, atol=1e-5)
     model.zero_grad()
@@ -108,30 +109,16 @@ def test_the_attention_head_reads_only_the_map_and_trains_the_attention():
     assert model.head.weight.grad is None  # the main classifier is not on this path
 
 
-def test_rise_over_neutral_keeps_only_rises_over_the_neutral_faces_mean_map():
-    uniform = torch.full((4,), 0.25)
-    rise, dip = torch.tensor([0.7, 0.1, 0.1, 0.1]), torch.tensor([0.05, 0.35, 0.3, 0.3])
-    maps = torch.stack([uniform, uniform, rise, dip]).view(4, 2, 2)
-    out = rise_over_neutral(maps, torch.tensor([True, True, False, False])).view(4, 4)
-    assert torch.equal(out[:2], torch.zeros(2, 4))  # the neutral faces are the bar: nothing of theirs rises
-    assert out[2].tolist() == pytest.approx([torch.log(torch.tensor(2.8)).item(), 0, 0, 0])  # 0.7 over 0.25
-    assert out[3][0] == 0 and torch.all(out[3][1:] > 0)  # the dip reads 0, the cells lifted by it read > 0
-    # no neutral face in the batch: the batch's own mean map is the bar
-    batch_mean = maps.view(4, 4).mean(0)
-    assert rise_over_neutral(maps, torch.zeros(4, dtype=torch.bool)).view(4, 4)[2, 0] == pytest.approx(
-        torch.log(0.7 / batch_mean[0]).item())
-
-
-def test_the_neutral_rise_attention_head_reads_rises_given_the_labels(tmp_path):
-    torch.manual_seed(0)
-    model = tiny(attention_head=True, attention_head_input="neutral-rise", output_stride=16, image_size=64)
-    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 0, 1, 2])  # class 0 is neutral
-    _, attention, (_, on_attention) = model(images, return_attention=True, return_aux=True, labels=labels)
-    expected = model.attention_head(rise_over_neutral(attention, labels == 0).flatten(1))
-    assert torch.allclose(on_attention, expected, atol=1e-5)
+def test_a_model_saved_with_several_lstm_layers_is_refused_in_one_line(tmp_path):
+    model = tiny()
     model.save_pretrained(tmp_path)
-    assert load_model(tmp_path).config["attention_head_input"] == "neutral-rise"
-    assert build_model(TrainConfig(**PRESETS["tiny"])).config["attention_head_input"] == "log-map"  # the default
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "lstm_layers": 2}))
+    with pytest.raises(EmotionError, match="has 2 Bi-LSTM layers; this version builds one") as err:
+        load_model(tmp_path)
+    assert "\n" not in str(err.value)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "lstm_layers": 1, "attention_head_input": "neutral-rise"}))
+    assert torch.equal(load_model(tmp_path).head.weight, model.head.weight)  # settings of old saves that change no weight load
 
 
 def test_backbone_width_multiplies_the_channels_and_travels_in_the_config(tmp_path):

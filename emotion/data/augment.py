@@ -2,7 +2,7 @@
 
 The loader hands over uint8 pixels (B, H, W, 3) and, for training, each sample's random parameters, drawn from
 (seed, epoch, index) alone (`Augment.draw`). Everything else happens here, batched: one affine warp for crop, scale,
-rotation, translation and mirror; brightness, contrast, saturation and gamma; blur, sensor noise and random greyscale;
+rotation, translation and mirror; brightness, contrast, saturation and gamma; blur and sensor noise;
 then the colour rule of the model (grey: luma in all three channels), normalisation, and random erasing. Each sample
 is transformed by its own parameters only, so a batch split over processes, a resumed epoch or another worker count
 gives the same pixels.
@@ -24,8 +24,9 @@ COLOURS = ("rgb", "grey")
 LUMA = (299, 587, 114)
 # Parameter columns of one sample, in the order `draw` writes them.
 PARAMS = ("area", "log_ratio", "angle", "shift_x", "shift_y", "flip", "brightness", "contrast", "saturation", "gamma",
-          "blur_sigma", "noise_std", "noise_seed", "erase", "erase_x0", "erase_y0", "erase_x1", "erase_y1", "grey")
+          "blur_sigma", "noise_std", "noise_seed", "erase", "erase_x0", "erase_y0", "erase_x1", "erase_y1")
 COLUMN = {name: i for i, name in enumerate(PARAMS)}
+UNIFORM_DRAWS = 23  # uniforms per sample: a fixed count, so the noise seed drawn after them never moves
 BLUR_TAPS = 7  # kernel width: 3 sigma on each side for the largest blur a recipe draws at 64 px
 
 
@@ -48,12 +49,11 @@ class AugmentRecipe:
     noise_std: float = 0.0  # largest noise standard deviation, on the 0-1 pixel scale
     erase_prob: float = 0.0
     erase_area: tuple[float, float] = (0.02, 0.15)
-    grey_prob: float = 0.0
 
 
-def recipe_for(name: str, grey_prob: float = 0.0) -> AugmentRecipe:
-    """The training recipe `--augment` names, with its `--grey-prob`."""
-    return AugmentRecipe(**{**AUGMENT_RECIPES[name], "grey_prob": grey_prob})
+def recipe_for(name: str) -> AugmentRecipe:
+    """The training recipe `--augment` names."""
+    return AugmentRecipe(**AUGMENT_RECIPES[name])
 
 
 def grey_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -107,7 +107,7 @@ class Augment(EvalTransform):
     def draw(self, seed: int, epoch: int, index: int) -> np.ndarray:
         """The random parameters of one sample (PARAMS order), from (seed, epoch, index) and nothing else."""
         r, rng = self.recipe, np.random.default_rng((seed, epoch, index))
-        u = rng.random(len(PARAMS) + 4)
+        u = rng.random(UNIFORM_DRAWS)
         values = np.zeros(len(PARAMS), np.float64)
         values[COLUMN["area"]] = r.area[0] + (r.area[1] - r.area[0]) * u[0]
         values[COLUMN["log_ratio"]] = math.log(r.ratio[0]) + (math.log(r.ratio[1]) - math.log(r.ratio[0])) * u[1]
@@ -127,7 +127,6 @@ class Augment(EvalTransform):
             w, h = min(1.0, math.sqrt(area * aspect)), min(1.0, math.sqrt(area / aspect))
             x0, y0 = (1 - w) * u[17], (1 - h) * u[18]
             values[COLUMN["erase"]: COLUMN["erase_y1"] + 1] = (1.0, x0, y0, x0 + w, y0 + h)
-        values[COLUMN["grey"]] = float(u[19] < r.grey_prob)
         return values.astype(np.float32)
 
     def __call__(self, batch: dict) -> torch.Tensor:
@@ -137,12 +136,8 @@ class Augment(EvalTransform):
         images = self.photometric(images, params)
         images = self.blur(images, params[:, COLUMN["blur_sigma"]])
         images = self.noise(images, params)
-        grey = _luma(images)
         if self.colour == "grey":
-            images = grey
-        else:
-            use_grey = params[:, COLUMN["grey"], None, None, None] > 0
-            images = torch.where(use_grey, grey, images)
+            images = _luma(images)
         images = self.normalise(images.clamp(0, 1))
         return self.erase(images, params)
 

@@ -49,10 +49,10 @@ def class_counts(split: datasets.Dataset) -> np.ndarray:
     return np.bincount(np.asarray(split["label"], dtype=np.int64), minlength=split.features["label"].num_classes)
 
 
-def class_weights(counts: np.ndarray, scheme: str = "inverse", beta: float = 0.999) -> np.ndarray:
+def class_weights(counts: np.ndarray, scheme: str = "inverse") -> np.ndarray:
     """Loss weights from training counts, normalised to mean 1 over present classes; absent classes get 0.
 
-    inverse: n_total / n_c. effective: (1 - beta) / (1 - beta^n_c) (Cui et al. 2019). none: all ones.
+    inverse: n_total / n_c. none: all ones.
     """
     counts = np.asarray(counts, dtype=np.float64)
     present = counts > 0
@@ -61,10 +61,8 @@ def class_weights(counts: np.ndarray, scheme: str = "inverse", beta: float = 0.9
     weights = np.zeros_like(counts)
     if scheme == "inverse":
         weights[present] = counts.sum() / counts[present]
-    elif scheme == "effective":
-        weights[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
     else:
-        raise EmotionError(f"unknown class-weight scheme {scheme!r}: choose inverse, effective or none")
+        raise EmotionError(f"unknown class-weight scheme {scheme!r}: choose inverse or none")
     return weights / weights[present].mean()
 
 

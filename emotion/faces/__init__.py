@@ -8,10 +8,8 @@ from emotion.faces.detect import (BackgroundDetector, Box, DnnDetector, FaceDete
                                   build_detector, crop_face, crop_region, face_margin)
 from emotion.faces.overlay import draw_attention, draw_overlay
 from emotion.faces.pipeline import process_frame
-from emotion.faces.predict import (FaceResult, FaceTracker, OnnxRunner, Predictor, Preprocessor, TorchRunner, load_runner,
-                                   prototype_agreement, synthetic_agreement)
+from emotion.faces.predict import FaceResult, FaceTracker, OnnxRunner, Predictor, Preprocessor, TorchRunner, load_runner
 
 __all__ = ["BackgroundDetector", "Box", "DnnDetector", "FaceDetector", "FaceResult", "FaceTracker", "HaarDetector",
            "ListedBoxes", "OnnxRunner", "Predictor", "Preprocessor", "TorchRunner", "build_detector", "crop_face",
-           "crop_region", "draw_attention", "draw_overlay", "face_margin", "load_runner", "process_frame", "prototype_agreement",
-           "synthetic_agreement"]
+           "crop_region", "draw_attention", "draw_overlay", "face_margin", "load_runner", "process_frame"]
